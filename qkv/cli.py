@@ -1,0 +1,119 @@
+"""The ``qkv`` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """examples:
+  qkv data get shakespeare
+  qkv train configs/gpt-shakespeare-char.toml --set train.max_steps=200
+  qkv generate runs/gpt-shakespeare-char --prompt "ROMEO:" --max-new-tokens 300 \\
+      --temperature 0.8 --top-k 40 --seed 1
+"""
+
+
+def cmd_data(args) -> int:
+    from . import data
+
+    if args.action == "list":
+        for name, module in sorted(data.DATASETS.items()):
+            print(f"{name:14s} {module.__doc__.strip().splitlines()[0]}")
+        return 0
+    data.get(args.name, root=args.data_dir, source=args.source)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    run_dir = train(args.config, args.set or [], resume=args.resume, progress=not args.no_progress)
+    print(f"done: {run_dir}  (sample with: qkv generate {run_dir} --prompt ...)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from . import load
+    from .generate import stream
+    from .tokenizers import StreamDecoder
+
+    model, tokenizer = load(args.run_dir, device=args.device)
+    if tokenizer is None:
+        raise ValueError(f"{args.run_dir} has no tokenizer file; qkv generate needs one to read the prompt")
+    prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt is empty; give --prompt some text (e.g. --prompt $'\\n')")
+    eos = None if args.ignore_eos else tokenizer.eos_token_id
+    decoder = StreamDecoder(tokenizer)
+    sys.stdout.write(prompt)
+    for token in stream(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, seed=args.seed):
+        sys.stdout.write(decoder.push(int(token[0])))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qkv", description="Train, sample and inspect Transformers.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("data", help="download and prepare real data sets",
+                       description="Download and prepare a data set under the data root "
+                                   "($QKV_DATA, else ~/.cache/qkv). Preparing twice is a no-op.")
+    dsub = d.add_subparsers(dest="action", required=True, metavar="ACTION")
+    g = dsub.add_parser("get", help="download and prepare a data set")
+    g.add_argument("name", help="data set name (see `qkv data list`)")
+    g.add_argument("--from", dest="source", metavar="PATH",
+                   help="use a local copy (the source archive, or a folder of its files) instead of downloading")
+    g.add_argument("--data-dir", metavar="DIR", help="data root (default: $QKV_DATA or ~/.cache/qkv)")
+    dsub.add_parser("list", help="list the data sets qkv knows")
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train a model from a TOML config",
+                       description="Train into the config's out_dir. If that run has a checkpoint, "
+                                   "training resumes from it (same data order, optimizer and RNG state).")
+    t.add_argument("config", help="a TOML file, e.g. configs/gpt-shakespeare-char.toml")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_steps=200 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("generate", help="sample text from a trained language model",
+                       description="Stream text from a run directory's latest checkpoint.")
+    s.add_argument("run_dir", help="a run directory (or a model directory with a tokenizer)")
+    s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    s.add_argument("--escapes", action="store_true", help="interpret backslash escapes (\\n) in --prompt")
+    s.add_argument("--max-new-tokens", type=int, default=300)
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
+    s.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
+    s.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .data import DataError
+    from .io import CheckpointError
+    from .tokenizers import TokenizerError
+    from .train import TrainingInterrupted
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    except (ConfigError, DataError, CheckpointError, TokenizerError, ValueError) as e:
+        print(f"qkv {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,50 @@
+"""Real data sets: where they come from, how they are prepared, read and batched.
+
+``qkv data get NAME`` prepares a data set under the data root: ``$QKV_DATA`` if set,
+else ``~/.cache/qkv``. Preparing twice is a no-op.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import shakespeare
+from .errors import DataError
+
+DATASETS = {"shakespeare": shakespeare}
+
+
+def data_root(override: str | Path | None = None) -> Path:
+    if override:
+        return Path(override).expanduser()
+    return Path(os.environ.get("QKV_DATA") or Path.home() / ".cache" / "qkv").expanduser()
+
+
+def dataset_module(name: str):
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown data set {name!r}; qkv knows: {', '.join(sorted(DATASETS))}") from None
+
+
+def get(name: str, root: str | Path | None = None, source: str | Path | None = None, log=print) -> Path:
+    """Download (or read from ``source``) and prepare data set ``name``; returns its folder."""
+    folder = dataset_module(name).prepare(data_root(root) / name, source=source, log=log)
+    from .lm import corpus_tokenizer, encode_corpus
+
+    tokens = encode_corpus(folder, corpus_tokenizer(folder, "char"))  # the default encoding
+    log(f"character tokens cached: {len(tokens['train']):,} train, {len(tokens['val']):,} val")
+    return folder
+
+
+def prepared(name: str, root: str | Path | None = None) -> Path:
+    """The folder of an already prepared data set, or a DataError saying how to get it."""
+    folder = data_root(root) / name
+    if not dataset_module(name).is_prepared(folder):
+        raise DataError(
+            f"data set {name!r} is not prepared in {folder}; run `qkv data get {name}` first"
+        )
+    return folder
+
+
+__all__ = ["DATASETS", "DataError", "data_root", "get", "prepared"]

@@ -1,0 +1,139 @@
+"""Saving and loading: atomic writes, model directories, and ``qkv.load``.
+
+A model directory holds ``config.json`` (``model_type`` plus the config's fields) and
+``model.safetensors``. A run directory holds ``config.json``, the tokenizer and
+``checkpoints/``; loading it takes the latest checkpoint's weights. Nothing is unpickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import safetensors.torch
+from torch import nn
+
+from .config import ConfigError, from_dict
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or model directory is missing, incomplete or corrupt."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then
+    rename it over ``path``: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_config(model: nn.Module, directory: str | Path) -> None:
+    config = {"model_type": model.model_type, **dataclasses.asdict(model.config)}
+    atomic_write_text(Path(directory) / CONFIG, json.dumps(config, indent=2) + "\n")
+
+
+def save_model(model: nn.Module, directory: str | Path) -> Path:
+    """Write config.json and model.safetensors into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_config(model, directory)
+    state_owner = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    atomic_write(directory / WEIGHTS, lambda tmp: safetensors.torch.save_model(state_owner, str(tmp)))
+    return directory
+
+
+def build_model(config: dict):
+    from .models import MODELS
+
+    config = dict(config)
+    model_type = config.pop("model_type", None)
+    if model_type not in MODELS:
+        raise ConfigError(f"unknown model_type {model_type!r}; qkv knows {sorted(MODELS)}")
+    cls = MODELS[model_type]
+    return cls(from_dict(cls.config_class, config, where="model"))
+
+
+def read_config(directory: Path) -> dict:
+    for candidate in (directory, *directory.parents[:2]):
+        if (candidate / CONFIG).is_file():
+            try:
+                return json.loads((candidate / CONFIG).read_text())
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{candidate / CONFIG} is not valid JSON ({e})") from e
+    raise CheckpointError(f"no {CONFIG} in {directory}: is this a qkv run or model directory?")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The directory named by ``run_dir/checkpoints/latest``, or None if there is none."""
+    pointer = Path(run_dir) / "checkpoints" / LATEST
+    if not pointer.is_file():
+        return None
+    ckpt = pointer.parent / pointer.read_text().strip()
+    if not (ckpt / WEIGHTS).is_file():
+        raise CheckpointError(
+            f"{pointer} points at {ckpt}, which has no {WEIGHTS}; the checkpoint is missing. "
+            f"Point {pointer} at an older checkpoints/step-* directory, or retrain."
+        )
+    return ckpt
+
+
+def weights_path(path: Path) -> Path:
+    if (path / WEIGHTS).is_file():
+        return path / WEIGHTS
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(
+            f"no weights in {path}: expected {WEIGHTS} or checkpoints/{LATEST} "
+            "(a run directory has weights once training has written its first checkpoint)"
+        )
+    return ckpt / WEIGHTS
+
+
+def load_weights(model: nn.Module, file: Path) -> None:
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
+    except Exception as e:  # safetensors raises several types for truncated/garbled files
+        raise CheckpointError(
+            f"{file} is corrupt or incomplete ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            "restore it or load an earlier checkpoint"
+        ) from e
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file} does not match its config: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+
+
+class Loaded(NamedTuple):
+    model: nn.Module
+    tokenizer: object | None
+
+
+def load(path: str | Path, device: str = "cpu") -> Loaded:
+    """Load a model (and its tokenizer, when the directory has one) from a qkv run
+    directory, a checkpoint directory or a model directory. The model is in eval mode."""
+    from .tokenizers import find_tokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    model = build_model(read_config(path))
+    load_weights(model, weights_path(path))
+    return Loaded(model.to(device).eval(), find_tokenizer(path))

@@ -1,0 +1,116 @@
+"""GPT: a decoder-only Transformer language model (Radford et al., 2018/2019).
+
+Token and learned position embeddings, a stack of pre-LN causal self-attention blocks,
+a final LayerNorm and a linear head tied to the token embeddings. Parameter names follow
+Hugging Face's ``GPT2LMHeadModel`` (transformer.wte, transformer.h.0.attn.c_attn, ...), so
+conversion is a table of renames and transposes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import ACTIVATIONS, Block
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024  # the context: the most positions the model can see
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    activation: str = "gelu_new"  # GPT-2's tanh approximation of GELU
+    layer_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+
+
+class GPT(nn.Module):
+    config_class = GPTConfig
+    model_type = "gpt"
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = c = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.vocab_size, c.n_embd),
+            wpe=nn.Embedding(c.block_size, c.n_embd),
+            drop=nn.Dropout(c.dropout),
+            h=nn.ModuleList(
+                Block(c.n_embd, c.n_head, 4 * c.n_embd, norm_first=True, act=c.activation,
+                      bias=c.bias, dropout=c.dropout, eps=c.layer_norm_eps)
+                for _ in range(c.n_layer)
+            ),
+            ln_f=nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias),
+        ))
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def check_input(self, input_ids: Tensor) -> None:
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(
+                f"input_ids must be an integer tensor of shape (batch, seq_len), got "
+                f"{input_ids.dtype} of shape {tuple(input_ids.shape)}"
+            )
+        if input_ids.size(1) > self.config.block_size:
+            raise ValueError(
+                f"sequence of {input_ids.size(1)} tokens exceeds the model's context "
+                f"(block_size={self.config.block_size}); shorten the input"
+            )
+
+    def forward_features(self, input_ids: Tensor, attentions: list | None = None) -> Tensor:
+        """Final hidden states (batch, time, n_embd), after ln_f.
+
+        Pass a list as ``attentions`` to receive each layer's attention weights
+        (batch, heads, time, time); this switches attention to the eager path.
+        """
+        self.check_input(input_ids)
+        t = self.transformer
+        pos = torch.arange(input_ids.size(1), device=input_ids.device)
+        x = t.drop(t.wte(input_ids) + t.wpe(pos))
+        for block in t.h:
+            x, w = block(x, is_causal=True, need_weights=attentions is not None)
+            if attentions is not None:
+                attentions.append(w)
+        return t.ln_f(x)
+
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None):
+        """Logits (batch, time, vocab); with ``targets`` (batch, time; -100 = ignore),
+        returns (logits, mean cross-entropy loss)."""
+        logits = self.lm_head(self.forward_features(input_ids))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss

@@ -1,0 +1,127 @@
+"""Attention, written once for every qkv model.
+
+``scaled_dot_product_attention`` is Eq. (1) of Vaswani et al. (2017),
+Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V. Normal runs call PyTorch's fused
+kernel; asking for the attention weights switches that one call to an eager path that
+computes the same thing step by step and returns the weights too.
+
+``MultiHeadAttention`` is Section 3.2.2: h heads, each attending in a d_model/h subspace,
+concatenated and projected. It serves self-attention (one fused Q/K/V projection,
+``c_attn``) and cross-attention (``q_attn`` on the queries, fused K/V ``c_attn`` on the
+context); the names follow Hugging Face's GPT-2 so checkpoints convert by renaming.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .masks import causal_mask, combine
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """q: (B, H, Tq, D), k/v: (B, H, Tk, D); mask: boolean, True = may attend.
+
+    ``is_causal`` applies a bottom-right-aligned causal mask without materialising it on
+    the fast path. Returns (output (B, H, Tq, D), weights (B, H, Tq, Tk) or None).
+    """
+    if not need_weights:
+        if is_causal and mask is not None:
+            mask, is_causal = combine(mask, causal_mask(q.size(-2), k.size(-2), q.device)), False
+        if is_causal and q.size(-2) != k.size(-2):
+            # PyTorch aligns is_causal top-left; a chunk after a cached prefix needs bottom-right.
+            mask, is_causal = causal_mask(q.size(-2), k.size(-2), q.device), False
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        )
+        return out, None
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if is_causal:
+        mask = combine(mask, causal_mask(q.size(-2), k.size(-2), q.device))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    return dropped @ v, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over ``x`` (self) or over ``context`` (cross).
+
+    dim: model width; num_heads must divide it. kv_dim: width of the context for
+    cross-attention (defaults to dim). scale: multiplier on Q K^T (default 1/sqrt(head_dim)).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        cross: bool = False,
+        kv_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        scale: float | None = None,
+    ):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.head_dim, self.cross = num_heads, dim // num_heads, cross
+        self.scale = scale
+        if cross:
+            self.q_attn = nn.Linear(dim, dim, bias=bias)
+            self.c_attn = nn.Linear(kv_dim or dim, 2 * dim, bias=bias)
+        else:
+            self.c_attn = nn.Linear(dim, 3 * dim, bias=bias)
+        self.c_proj = nn.Linear(dim, dim, bias=bias)
+        self.attn_dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def _heads(self, t: Tensor) -> Tensor:  # (B, T, H*D) -> (B, H, T, D)
+        return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: (B, T, dim); context: (B, S, kv_dim) for cross-attention.
+
+        Returns (output (B, T, dim), attention weights (B, H, T, S) or None).
+        """
+        if self.cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context tensor")
+            q = self.q_attn(x)
+            k, v = self.c_attn(context).chunk(2, dim=-1)
+        else:
+            q, k, v = self.c_attn(x).chunk(3, dim=-1)
+        out, weights = scaled_dot_product_attention(
+            self._heads(q),
+            self._heads(k),
+            self._heads(v),
+            mask,
+            is_causal=is_causal,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            scale=self.scale,
+            need_weights=need_weights,
+        )
+        out = out.transpose(1, 2).flatten(2)
+        return self.resid_dropout(self.c_proj(out)), weights

@@ -1,0 +1,104 @@
+"""The layers every Transformer stacks: position-wise feed-forward and the residual block.
+
+``Block`` is one layer of Section 3.1 of Vaswani et al. (2017): self-attention, an
+optional encoder-decoder (cross) attention, and a feed-forward network, each sub-layer
+wrapped in a residual connection and a LayerNorm. ``norm_first=False`` is the paper's
+post-LN, LayerNorm(x + Sublayer(x)) (also BERT); ``norm_first=True`` is pre-LN,
+x + Sublayer(LayerNorm(x)) (GPT-2, ViT). An encoder layer is a Block; a decoder layer is a
+Block with ``cross_attention=True`` called with ``is_causal=True``.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention
+
+# Names as Hugging Face configs spell them ("activation_function", "hidden_act").
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = act(x W1 + b1) W2 + b2 (Eq. 2), with dropout on the output."""
+
+    def __init__(self, dim: int, hidden: int, *, act: str = "gelu", bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.c_fc = nn.Linear(dim, hidden, bias=bias)
+        self.act = activation(act)
+        self.c_proj = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One Transformer layer (names follow Hugging Face GPT-2: ln_1, attn, ln_2, mlp)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int | None = None,
+        *,
+        cross_attention: bool = False,
+        norm_first: bool = True,
+        act: str = "gelu",
+        bias: bool = True,
+        dropout: float = 0.0,
+        eps: float = 1e-5,
+        attn_scale: float | None = None,
+    ):
+        super().__init__()
+        self.norm_first = norm_first
+        self.ln_1 = nn.LayerNorm(dim, eps=eps, bias=bias)
+        self.attn = MultiHeadAttention(dim, num_heads, bias=bias, dropout=dropout, scale=attn_scale)
+        if cross_attention:
+            self.ln_cross_attn = nn.LayerNorm(dim, eps=eps, bias=bias)
+            self.crossattention = MultiHeadAttention(
+                dim, num_heads, cross=True, bias=bias, dropout=dropout, scale=attn_scale
+            )
+        self.ln_2 = nn.LayerNorm(dim, eps=eps, bias=bias)
+        self.mlp = FeedForward(dim, mlp_dim or 4 * dim, act=act, bias=bias, dropout=dropout)
+
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer) -> tuple[Tensor, Tensor | None]:
+        if self.norm_first:
+            out, weights = sublayer(norm(x))
+            return x + out, weights
+        out, weights = sublayer(x)
+        return norm(x + out), weights
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        is_causal: bool = False,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Returns (x, self-attention weights or None)."""
+        x, weights = self._residual(
+            x, self.ln_1, lambda h: self.attn(h, mask=mask, is_causal=is_causal, need_weights=need_weights)
+        )
+        if context is not None:
+            x, _ = self._residual(
+                x, self.ln_cross_attn, lambda h: self.crossattention(h, context, context_mask)
+            )
+        x, _ = self._residual(x, self.ln_2, lambda h: (self.mlp(h), None))
+        return x, weights

@@ -1,0 +1,166 @@
+"""Tokenizers: characters, and byte-level BPE trained with Hugging Face ``tokenizers``.
+
+Both expose ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size``,
+``save(directory)`` and a ``fingerprint`` naming their exact vocabulary (used to cache
+encoded corpora). A BPE tokenizer is saved as Hugging Face's ``tokenizer.json``; a
+character tokenizer as ``char_tokenizer.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .io import atomic_write_text
+
+EOT = "<|endoftext|>"
+
+
+class TokenizerError(ValueError):
+    """Text the tokenizer cannot encode, or a tokenizer file that cannot be read."""
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class CharTokenizer:
+    """One token per character; the vocabulary is the set of characters of a corpus."""
+
+    kind = "char"
+    filename = "char_tokenizer.json"
+
+    def __init__(self, chars: str):
+        if len(set(chars)) != len(chars):
+            raise TokenizerError("character vocabulary has duplicates")
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def train(cls, texts: Iterable[str]) -> "CharTokenizer":
+        seen: set[str] = set()
+        for t in texts:
+            seen.update(t)
+        return cls("".join(sorted(seen)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def eos_token_id(self) -> None:
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            bad = sorted({c for c in text if c not in self.stoi})
+            raise TokenizerError(
+                f"text has characters this tokenizer never saw: {''.join(bad)!r}; "
+                "remove them (its vocabulary is the training corpus's characters)"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_json(self) -> str:
+        return json.dumps({"type": "char", "vocab": self.chars}, ensure_ascii=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"char-{_fingerprint(self.to_json())}"
+
+    def save(self, directory: str | Path) -> None:
+        atomic_write_text(Path(directory) / self.filename, self.to_json())
+
+    @classmethod
+    def load(cls, file: Path) -> "CharTokenizer":
+        data = json.loads(file.read_text())
+        if data.get("type") != "char":
+            raise TokenizerError(f"{file} is not a character tokenizer")
+        return cls(data["vocab"])
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2 style): any text encodes, nothing is unknown."""
+
+    kind = "bpe"
+    filename = "tokenizer.json"
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.token_to_id(EOT)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"bpe-{_fingerprint(self.tokenizer.to_str())}"
+
+    def save(self, directory: str | Path) -> None:
+        atomic_write_text(Path(directory) / self.filename, self.tokenizer.to_str())
+
+    @classmethod
+    def load(cls, file: Path) -> "BPETokenizer":
+        try:
+            return cls(Tokenizer.from_file(str(file)))
+        except Exception as e:
+            raise TokenizerError(f"{file} is not a readable tokenizer.json ({e})") from e
+
+
+TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, BPETokenizer)}
+
+
+def find_tokenizer(directory: str | Path):
+    """The tokenizer saved in ``directory`` (or, for a checkpoint, in its run directory)."""
+    directory = Path(directory)
+    for candidate in (directory, *directory.parents[:2]):
+        for cls in TOKENIZERS.values():
+            if (candidate / cls.filename).is_file():
+                return cls.load(candidate / cls.filename)
+    return None
+
+
+class StreamDecoder:
+    """Turns tokens into text as they arrive, holding back an incomplete UTF-8 sequence
+    (a byte-level token can end mid-character)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.emitted = text[self.emitted :], len(text)
+        return new

@@ -1,0 +1,62 @@
+"""``qkv train``: a config file in, a run directory out (or carried on, if it exists)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, apply_overrides, load_toml
+from ..io import CONFIG, atomic_write_text, latest_checkpoint, save_config
+from ..tokenizers import TOKENIZERS
+from .config import RunConfig, incompatible
+from .lm import LanguageModelTask
+from .trainer import Trainer
+
+TASKS = {"lm": LanguageModelTask}
+RUN_CONFIG = "run.json"
+
+
+def _fresh_run_dir(run_dir: Path) -> None:
+    """Remove what an earlier run that never reached a checkpoint left behind."""
+    for name in ("metrics.jsonl", RUN_CONFIG, CONFIG, *(cls.filename for cls in TOKENIZERS.values())):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def load_run_config(config_path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    return RunConfig.from_tree(apply_overrides(load_toml(config_path), list(overrides)))
+
+
+def train(config_path: str | Path, overrides: list[str] = (), *, resume: bool = False,
+          progress: bool = True) -> Path:
+    run = load_run_config(config_path, overrides)
+    if run.task not in TASKS:
+        raise ConfigError(f"unknown task {run.task!r}; qkv knows: {', '.join(sorted(TASKS))}")
+    run_dir = Path(run.out_dir)
+    tree = run.to_tree()
+    if latest_checkpoint(run_dir) is not None:
+        saved = json.loads((run_dir / RUN_CONFIG).read_text())
+        diffs = incompatible(saved, tree)
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {run_dir}: the config differs from the run's in settings it must "
+                f"keep ({'; '.join(diffs)}). Restore them, or start a new run with "
+                "--set out_dir=runs/NEW_NAME"
+            )
+    elif resume:
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from")
+    else:
+        _fresh_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(run.seed)
+    task = TASKS[run.task](run, run_dir)
+    atomic_write_text(run_dir / RUN_CONFIG, json.dumps(tree, indent=2) + "\n")
+    save_config(task.model, run_dir)
+    task.tokenizer.save(run_dir)
+    n_params = sum(p.numel() for p in task.model.parameters())
+    print(f"{run.task}: {type(task.model).__name__} with {n_params / 1e6:.2f}M parameters -> {run_dir}")
+    trainer = Trainer(task.model, run.train, run_dir, batches=task.batches, loss=task.loss,
+                      evaluate=task.evaluate, tokens_per_sample=task.tokens_per_sample,
+                      progress=progress)
+    trainer.fit()
+    return run_dir

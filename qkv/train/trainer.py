@@ -1,0 +1,193 @@
+"""One Trainer for every task.
+
+A task hands the Trainer a model and three functions:
+- ``batches(first, count)``: samples ``first .. first+count-1`` of the training stream, a
+  pure function of the sample index, so that resuming at any step sees the same data;
+- ``loss(model, batch)``: the scalar training loss;
+- ``evaluate(model)``: validation metrics, a dict of floats (optional).
+The Trainer owns everything else: AdamW, the schedule, accumulation, clipping, autocast,
+torch.compile, checkpoints, resume, metrics and progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import ConfigError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .metrics import MetricsLog
+from .optim import adamw, learning_rate
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after Ctrl-C or SIGTERM, once the state at that step is checkpointed."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available; use \"cpu\" or \"auto\"")
+    return device
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast on CUDA; fp32 on CPU (bf16 matmul is far slower than fp32 there)."""
+    if precision == "bf16" and device.type != "cuda":
+        raise ConfigError("train.precision=\"bf16\" needs a CUDA device; on CPU use \"fp32\" or \"auto\"")
+    if device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        *,
+        batches: Callable[[int, int], Any],
+        loss: Callable[[nn.Module, Any], torch.Tensor],
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        tokens_per_sample: int = 0,
+        progress: bool = True,
+    ):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        self.autocast = autocast_context(cfg.precision, self.device)
+        self.model = model.to(self.device)
+        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.batches, self.loss_fn, self.evaluate_fn = batches, loss, evaluate
+        self.tokens_per_step = tokens_per_sample * cfg.batch_size * cfg.grad_accum
+        self.optimizer = adamw(model, cfg, self.device)
+        self.progress = progress
+        self.step = 0
+        self._stop_signal: int | None = None
+
+    # -- one optimizer step -------------------------------------------------------------
+    def _train_step(self) -> tuple[float, float]:
+        cfg = self.cfg
+        lr = learning_rate(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            first = (self.step * cfg.grad_accum + micro) * cfg.batch_size
+            batch = to_device(self.batches(first, cfg.batch_size), self.device)
+            with self.autocast():
+                loss = self.loss_fn(self.forward_model, batch) / cfg.grad_accum
+            loss.backward()
+            total += loss.item()
+        if cfg.grad_clip > 0:
+            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        else:
+            grad_norm = float("nan")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total, grad_norm
+
+    def _train_step_with_fallback(self) -> tuple[float, float]:
+        if self.forward_model is self.model:
+            return self._train_step()
+        try:
+            return self._train_step()
+        except Exception as e:  # torch.compile unavailable here (no compiler, unsupported op)
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); continuing uncompiled")
+            self.forward_model = self.model
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._train_step()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.evaluate_fn is None:
+            return {}
+        self.model.eval()
+        try:
+            with self.autocast():
+                return self.evaluate_fn(self.model)
+        finally:
+            self.model.train()
+
+    def checkpoint(self, samples: int, elapsed: float) -> Path:
+        state = {"step": self.step, "samples": samples, "elapsed_s": round(elapsed, 3)}
+        return save_checkpoint(self.run_dir, self.model, self.optimizer, state, self.cfg.keep_checkpoints)
+
+    # -- the loop -------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        if self._stop_signal is not None:  # a second Ctrl-C: stop now, the last checkpoint stands
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``max_steps``, resuming from the latest checkpoint if there is one."""
+        cfg = self.cfg
+        state = load_checkpoint(self.run_dir, self.model, self.optimizer)
+        self.step = state["step"] if state else 0
+        elapsed0 = state["elapsed_s"] if state else 0.0
+        if state:
+            print(f"resuming {self.run_dir} from step {self.step}", file=sys.stderr)
+        log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress,
+                   desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+        last: dict[str, float] = {}
+        start = time.perf_counter() - elapsed0
+        steps_since_log, step_time = 0, 0.0  # training time only: evaluation is not throughput
+        self.model.train()
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                loss, grad_norm = self._train_step_with_fallback()
+                step_time += time.perf_counter() - t0
+                steps_since_log += 1
+                bar.update(1)
+                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                    tok_s = self.tokens_per_step * steps_since_log / step_time
+                    steps_since_log, step_time = 0, 0.0
+                    log.write(step=self.step, loss=round(loss, 6), lr=learning_rate(self.step - 1, cfg),
+                              grad_norm=round(grad_norm, 4), tokens_per_s=round(tok_s, 1),
+                              elapsed_s=round(time.perf_counter() - start, 2))
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                done = self.step == cfg.max_steps
+                if self.step % cfg.eval_interval == 0 or done:
+                    last = self.evaluate()
+                    if last:
+                        log.write(step=self.step, **{k: round(v, 6) for k, v in last.items()})
+                        bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
+                if self.step % cfg.ckpt_interval == 0 or done or self._stop_signal is not None:
+                    samples = self.step * cfg.grad_accum * cfg.batch_size
+                    self.checkpoint(samples, time.perf_counter() - start)
+                if self._stop_signal is not None:
+                    raise TrainingInterrupted(
+                        f"stopped at step {self.step}; checkpoint saved in {self.run_dir}. "
+                        "Run the same command again to resume."
+                    )
+        finally:
+            bar.close()
+            log.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        return last

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from qkv import data
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).parent.parent
+CHAR_CONFIG = ROOT / "configs" / "gpt-shakespeare-char.toml"
+BPE_CONFIG = ROOT / "configs" / "gpt-shakespeare-bpe.toml"
+
+# The real presets, shrunk so that a run takes seconds on the fixture.
+TINY = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+    "data.block_size=32", "train.batch_size=8", "train.warmup_steps=5", "train.log_interval=1",
+    "train.eval_interval=5", "train.eval_batches=2", "train.ckpt_interval=5",
+]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """A data root holding Shakespeare prepared from the fixture (real text, cut small):
+    three works to train on and the first pages of Hamlet held out."""
+    root = tmp_path_factory.mktemp("data")
+    os.environ["QKV_DATA"] = str(root)
+    data.get("shakespeare", source=FIXTURES / "shakespeare", log=lambda *a: None)
+    return root

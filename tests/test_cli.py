@@ -1,0 +1,96 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from qkv.cli import main
+from qkv.train.metrics import read_metrics
+
+from .conftest import CHAR_CONFIG, FIXTURES, TINY
+
+
+def sets(*items):
+    return [a for item in items for a in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", str(CHAR_CONFIG), "--no-progress",
+                 *sets(*TINY, f"out_dir={run_dir}", "train.max_steps=20", "train.lr=3e-3")]) == 0
+    return run_dir
+
+
+def test_data_get_from_a_local_copy(tmp_path, capsys):
+    assert main(["data", "get", "shakespeare", "--from", str(FIXTURES / "shakespeare"),
+                 "--data-dir", str(tmp_path)]) == 0
+    assert "3 works for training" in capsys.readouterr().out
+    assert main(["data", "get", "shakespeare", "--data-dir", str(tmp_path)]) == 0
+    assert "already prepared" in capsys.readouterr().out
+    assert main(["data", "list"]) == 0 and "shakespeare" in capsys.readouterr().out
+
+
+def test_generate_streams_and_is_repeatable(trained, capsys):
+    args = ["generate", str(trained), "--prompt", "ROMEO:", "--max-new-tokens", "40"]
+    assert main([*args, "--temperature", "0.8", "--top-k", "10", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 40 + 1
+    main([*args, "--temperature", "0.8", "--top-k", "10", "--seed", "1"])
+    assert capsys.readouterr().out == first
+    main([*args, "--temperature", "0"])
+    greedy = capsys.readouterr().out
+    main([*args, "--temperature", "0"])
+    assert capsys.readouterr().out == greedy
+
+
+def test_bad_prompts_get_clear_errors(trained, capsys):
+    assert main(["generate", str(trained), "--prompt", "ROMEO: ✓"]) == 2
+    assert "never saw: '✓'" in capsys.readouterr().err
+    assert main(["generate", str(trained), "--prompt", "x" * 40]) == 2
+    assert "context is 32; shorten the prompt" in capsys.readouterr().err
+    assert main(["generate", str(trained.parent / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unknown_config_key_lists_the_valid_ones(data_root, tmp_path, capsys):
+    assert main(["train", str(CHAR_CONFIG), "--set", "train.learning_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key [train] learning_rate" in err and "lr" in err
+
+
+def test_help_explains_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "qkv data get shakespeare" in out and "generate" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "resumes" in capsys.readouterr().out
+
+
+def test_kill_9_and_restart_continues_the_curve(data_root, tmp_path):
+    """A real process killed with SIGKILL mid-run, then the same command again."""
+    def command(out):
+        return [sys.executable, "-m", "qkv", "train", str(CHAR_CONFIG), "--no-progress",
+                *sets(*TINY, f"out_dir={out}", "train.max_steps=15", "model.dropout=0.1")]
+
+    env = {**os.environ, "QKV_DATA": str(data_root)}
+    subprocess.run(command(tmp_path / "straight"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.is_file(), "the run never wrote a checkpoint"
+    subprocess.run(command(tmp_path / "killed"), env=env, check=True, capture_output=True)
+
+    def curve(name):
+        return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(tmp_path / name / "metrics.jsonl")]
+
+    assert curve("killed") == curve("straight")

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from qkv import GPT, GPTConfig
+from qkv.generate import generate, sample_next
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(1)
+    return GPT(GPTConfig(vocab_size=40, block_size=12, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def test_greedy_is_the_argmax_of_full_recomputation(model):
+    prompt = torch.tensor([[3, 7, 1]])
+    out = generate(model, prompt, 8, temperature=0)
+    ids = prompt
+    for _ in range(8):
+        ids = torch.cat([ids, model(ids).argmax(-1)[:, -1:]], dim=1)
+    assert torch.equal(out, ids)
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(model):
+    prompt = torch.tensor([[3, 7, 1], [2, 2, 2]])
+    a = generate(model, prompt, 10, temperature=1.5, seed=1)
+    assert torch.equal(a, generate(model, prompt, 10, temperature=1.5, seed=1))
+    assert not torch.equal(a, generate(model, prompt, 10, temperature=1.5, seed=2))
+
+
+def test_top_k_and_top_p_keep_only_their_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(400, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, top_k=2, generator=g).tolist()) == {0, 1}
+    assert set(sample_next(logits, top_p=0.7, generator=g).tolist()) == {0, 1}
+    assert set(sample_next(logits, top_p=0.85, generator=g).tolist()) == {0, 1, 2}
+    assert set(sample_next(logits, top_p=0.1, generator=g).tolist()) == {0}
+    assert set(sample_next(logits, generator=g).tolist()) == {0, 1, 2, 3}
+
+
+def test_running_past_the_context_slides_the_window(model):
+    out = generate(model, torch.tensor([[1] * 10]), 8, temperature=0)
+    assert out.shape == (1, 18)
+    # the last token saw only the last block_size tokens
+    assert out[0, -1] == model(out[:, -13:-1]).argmax(-1)[0, -1]
+
+
+def test_bad_requests_are_named(model):
+    with pytest.raises(ValueError, match="context is 12; shorten"):
+        generate(model, torch.ones(1, 13, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, torch.ones(1, 2, dtype=torch.long), 1, temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, torch.ones(1, 2, dtype=torch.long), 1, top_p=1.5)
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        generate(model, torch.ones(1, 0, dtype=torch.long), 1)
+
+
+def test_generation_stops_at_end_of_text(model):
+    first = generate(model, torch.tensor([[5]]), 1, temperature=0)[0, -1].item()
+    out = generate(model, torch.tensor([[5]]), 10, temperature=0, eos_token_id=first)
+    assert out.tolist() == [[5, first]]

@@ -1,0 +1,141 @@
+import os
+import signal
+
+import pytest
+import torch
+
+import qkv
+from qkv.config import ConfigError
+from qkv.io import CheckpointError
+from qkv.tokenizers import BPETokenizer, CharTokenizer
+from qkv.train import TrainConfig, TrainingInterrupted, train
+from qkv.train import checkpoint as checkpoint_module
+from qkv.train.lm import LanguageModelTask
+from qkv.train.metrics import read_metrics
+from qkv.train.optim import learning_rate
+
+from .conftest import BPE_CONFIG, CHAR_CONFIG, TINY
+
+
+def run(tmp_path, *extra, config=CHAR_CONFIG, name="run", **kw):
+    return train(config, [*TINY, f"out_dir={tmp_path / name}", *extra], progress=False, **kw)
+
+
+def losses(run_dir, key="loss"):
+    return [(r["step"], r[key]) for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
+
+
+def test_a_run_trains_evaluates_checkpoints_and_loads(data_root, tmp_path):
+    run_dir = run(tmp_path, "train.max_steps=30", "train.lr=3e-3", "train.eval_interval=10")
+    train_losses = [l for _, l in losses(run_dir)]
+    assert len(train_losses) == 30
+    val = [l for _, l in losses(run_dir, "val_loss")]
+    assert [s for s, _ in losses(run_dir, "val_loss")] == [10, 20, 30]
+    assert val[-1] < val[0] - 0.2 and train_losses[-1] < train_losses[0] - 0.5
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-000025", "step-000030"]
+    model, tok = qkv.load(run_dir)
+    assert isinstance(tok, CharTokenizer) and model.config.n_layer == 2
+    assert all("tokens_per_s" in r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r)
+
+
+def test_interrupted_run_resumes_with_the_same_loss_curve(data_root, tmp_path, monkeypatch):
+    """Ctrl-C at step 7 (dropout on, so the RNG state matters), then the same command again."""
+    common = ("train.max_steps=12", "model.dropout=0.1")
+    straight = run(tmp_path, *common, name="straight")
+
+    original = LanguageModelTask.batches
+
+    def batches_then_ctrl_c(self, first, count):
+        if first == 6 * count:  # during step 7
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, first, count)
+
+    monkeypatch.setattr(LanguageModelTask, "batches", batches_then_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="stopped at step 7"):
+        run(tmp_path, *common, name="stopped")
+    monkeypatch.setattr(LanguageModelTask, "batches", original)
+    assert (tmp_path / "stopped" / "checkpoints" / "latest").read_text().strip() == "step-000007"
+    resumed = run(tmp_path, *common, name="stopped")
+    assert losses(resumed) == losses(straight)
+    assert losses(resumed, "val_loss") == losses(straight, "val_loss")
+
+
+def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint(data_root, tmp_path, monkeypatch):
+    run(tmp_path, "train.max_steps=5")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        run(tmp_path, "train.max_steps=10")
+    monkeypatch.undo()
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-000005"
+    model, _ = qkv.load(tmp_path / "run")  # the previous checkpoint still loads
+    run(tmp_path, "train.max_steps=10")
+    assert (ckpts / "latest").read_text().strip() == "step-000010"
+    assert not list(ckpts.glob(".tmp-*"))
+
+
+def test_corrupt_checkpoint_is_named(data_root, tmp_path):
+    run_dir = run(tmp_path, "train.max_steps=5")
+    (run_dir / "checkpoints" / "step-000005" / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="incomplete or corrupt.*older step-"):
+        run(tmp_path, "train.max_steps=10")
+
+
+def test_resume_refuses_an_incompatible_config(data_root, tmp_path):
+    run(tmp_path, "train.max_steps=5")
+    with pytest.raises(ConfigError, match=r"cannot resume.*model\.n_layer: 2 -> 3.*out_dir"):
+        run(tmp_path, "train.max_steps=10", "model.n_layer=3")
+    run(tmp_path, "train.max_steps=8", "train.lr=1e-4")  # a longer or gentler run is fine
+
+
+def test_config_errors_name_the_problem(data_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key \[train\] max_stepz.*max_steps"):
+        run(tmp_path, "train.max_stepz=3")
+    with pytest.raises(ConfigError, match=r"n_layers.*n_layer"):
+        run(tmp_path, "model.n_layers=3")
+    with pytest.raises(ConfigError, match=r"data.block_size=64 exceeds the model's context"):
+        run(tmp_path, "data.block_size=64")
+    with pytest.raises(ConfigError, match="no checkpoint to resume"):
+        run(tmp_path, name="fresh", resume=True)
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        run(tmp_path, "train.precision=bf16")
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        run(tmp_path, "train.max_steps")
+    with pytest.raises(ConfigError, match="does not exist"):
+        train(tmp_path / "nope.toml")
+
+
+def test_bpe_preset_trains_its_tokenizer_on_the_training_split(data_root, tmp_path):
+    run_dir = run(tmp_path, "train.max_steps=3", "data.vocab_size=300", config=BPE_CONFIG)
+    tok = qkv.load(run_dir).tokenizer
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size == 300
+    assert (run_dir / "tokenizer.json").is_file()
+    assert "tokenizer.json" in {p.name for p in (data_root / "shakespeare" / "tokenizers" / "bpe-300").iterdir()}
+
+
+def test_compile_failure_falls_back_to_eager(data_root, tmp_path, monkeypatch):
+    def broken_compile(model):
+        def fail(*a, **k):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="continuing uncompiled"):
+        run_dir = run(tmp_path, "train.max_steps=3", "train.compile=true")
+    assert len(losses(run_dir)) == 3
+
+
+def test_schedule_warms_up_then_follows_a_cosine():
+    cfg = TrainConfig(max_steps=110, warmup_steps=10, lr=1.0, min_lr=0.1)
+    assert learning_rate(0, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, cfg) == pytest.approx(1.0)
+    assert learning_rate(60, cfg) == pytest.approx(0.55)
+    assert learning_rate(110, cfg) == pytest.approx(0.1)
+    inv = TrainConfig(schedule="inverse_sqrt", warmup_steps=100, lr=1.0)
+    assert learning_rate(399, inv) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
