@@ -52,7 +52,7 @@ def cmd_generate(args) -> int:
                         top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, seed=args.seed):
         sys.stdout.write(decoder.push(int(token[0])))
         sys.stdout.flush()
-    sys.stdout.write("\n")
+    sys.stdout.write(decoder.flush() + "\n")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Sampling text from a causal language model: greedy, temperature, top-k, top-p.
 
-Generation never runs past the prompt limit silently: a prompt longer than the model's
-context is an error. Once prompt plus generated tokens exceed the context, the model sees
-a sliding window of its last ``block_size`` tokens (as nanoGPT does).
+A prompt longer than the model's context is an error. Within the context, generation uses
+a KV cache; once prompt plus generated tokens exceed it, the model sees a sliding window
+of its last ``block_size`` tokens (as nanoGPT does), recomputed for each new token.
 """
 from __future__ import annotations
 
@@ -39,38 +39,64 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
-@torch.no_grad()
-def stream(model, input_ids: Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None,
-           eos_token_id: int | None = None, seed: int | None = None) -> Iterator[Tensor]:
-    """Yield each new column of tokens (batch,) as it is produced. Stops after
-    ``max_new_tokens`` or when every row has produced ``eos_token_id``."""
-    check_sampling(temperature, top_k, top_p)
-    block_size = model.config.block_size
+def check_prompt(input_ids: Tensor, attention_mask: Tensor | None, block_size: int) -> None:
     if input_ids.dim() != 2 or input_ids.size(1) == 0:
         raise ValueError(f"input_ids must be (batch, prompt_len) with a non-empty prompt, got {tuple(input_ids.shape)}")
     if input_ids.size(1) > block_size:
         raise ValueError(f"the prompt has {input_ids.size(1)} tokens but the model's context is "
                          f"{block_size}; shorten the prompt")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+        m = attention_mask.long()
+        if (m[:, 1:] < m[:, :-1]).any() or (m[:, -1] == 0).any():
+            raise ValueError("pad prompts on the left: attention_mask rows must be 0...0 1...1")
+
+
+@torch.no_grad()
+def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
+           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           eos_token_id: int | None = None, seed: int | None = None,
+           use_cache: bool = True) -> Iterator[Tensor]:
+    """Yield each new column of tokens (batch,) as it is produced.
+
+    Prompts of different lengths go in one batch left-padded, with ``attention_mask``
+    (batch, prompt_len) 0 on the padding. Within the context, the KV cache makes each new
+    token cost one position; past it, each token re-reads the last ``block_size`` tokens
+    (``use_cache=False`` always does, and gives the same tokens). Stops after
+    ``max_new_tokens`` or once every row has produced ``eos_token_id`` (then pads with it).
+    """
+    check_sampling(temperature, top_k, top_p)
+    block_size = model.config.block_size
+    check_prompt(input_ids, attention_mask, block_size)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     ids = input_ids.to(device)
+    mask = attention_mask.to(device) if attention_mask is not None else None
+    cache = model.new_cache(ids.size(0), ids.size(1) + max_new_tokens) if use_cache else None
     finished = torch.zeros(ids.size(0), dtype=torch.bool, device=device)
     model.eval()
-    for _ in range(max_new_tokens):
-        logits = model(ids[:, -block_size:])[:, -1, :]
+    logits = model(ids, attention_mask=mask, cache=cache)[:, -1]
+    for step in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator)
         if eos_token_id is not None:
             nxt = nxt.masked_fill(finished, eos_token_id)
             finished |= nxt == eos_token_id
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
         yield nxt
-        if eos_token_id is not None and bool(finished.all()):
+        if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
             return
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+        if cache is not None and ids.size(1) <= block_size:
+            logits = model(ids[:, -1:], attention_mask=mask, cache=cache)[:, -1]
+        else:  # past the context (or no cache): the last block_size tokens, from scratch
+            window = mask[:, -block_size:] if mask is not None else None
+            logits = model(ids[:, -block_size:], attention_mask=window)[:, -1]
 
 
 def generate(model, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
-    """Prompt plus generated tokens, (batch, prompt_len + new)."""
+    """Prompt plus generated tokens, (batch, prompt_len + new); options as ``stream``."""
     new = list(stream(model, input_ids, max_new_tokens, **kwargs))
     device = next(model.parameters()).device
     return torch.cat([input_ids.to(device), *(t[:, None] for t in new)], dim=1)

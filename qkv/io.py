@@ -128,12 +128,18 @@ class Loaded(NamedTuple):
 
 def load(path: str | Path, device: str = "cpu") -> Loaded:
     """Load a model (and its tokenizer, when the directory has one) from a qkv run
-    directory, a checkpoint directory or a model directory. The model is in eval mode."""
+    directory, a checkpoint directory, a qkv model directory or a Hugging Face model
+    directory (see ``qkv.interop``). The model is in eval mode."""
     from .tokenizers import find_tokenizer
+
+    from .interop import from_hf, is_hf_config
 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
-    model = build_model(read_config(path))
+    config = read_config(path)
+    if is_hf_config(config):  # a Hugging Face directory
+        return Loaded(from_hf(path, device), find_tokenizer(path))
+    model = build_model(config)
     load_weights(model, weights_path(path))
     return Loaded(model.to(device).eval(), find_tokenizer(path))

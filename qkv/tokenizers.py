@@ -3,7 +3,8 @@
 Both expose ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size``,
 ``save(directory)`` and a ``fingerprint`` naming their exact vocabulary (used to cache
 encoded corpora). A BPE tokenizer is saved as Hugging Face's ``tokenizer.json``; a
-character tokenizer as ``char_tokenizer.json``.
+character tokenizer as ``char_tokenizer.json``. A Hugging Face checkpoint's tokenizer is
+read from its ``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``.
 """
 from __future__ import annotations
 
@@ -137,6 +138,20 @@ class BPETokenizer:
             raise TokenizerError(f"{file} is not a readable tokenizer.json ({e})") from e
 
 
+    @classmethod
+    def from_vocab_merges(cls, vocab: Path, merges: Path) -> "BPETokenizer":
+        """GPT-2's original files: ``vocab.json`` (token -> id) and ``merges.txt``."""
+        try:
+            tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        except Exception as e:
+            raise TokenizerError(f"{vocab} / {merges} are not a readable BPE vocabulary ({e})") from e
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        if tok.token_to_id(EOT) is not None:
+            tok.add_special_tokens([EOT])
+        return cls(tok)
+
+
 TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, BPETokenizer)}
 
 
@@ -147,20 +162,30 @@ def find_tokenizer(directory: str | Path):
         for cls in TOKENIZERS.values():
             if (candidate / cls.filename).is_file():
                 return cls.load(candidate / cls.filename)
+        if (candidate / "vocab.json").is_file() and (candidate / "merges.txt").is_file():
+            return BPETokenizer.from_vocab_merges(candidate / "vocab.json", candidate / "merges.txt")
     return None
 
 
 class StreamDecoder:
-    """Turns tokens into text as they arrive, holding back an incomplete UTF-8 sequence
-    (a byte-level token can end mid-character)."""
+    """Turns tokens into text as they arrive, holding back a possibly incomplete UTF-8
+    sequence (a byte-level token can end mid-character) for up to 3 more tokens."""
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+        self.tokenizer, self.ids, self.emitted, self.held = tokenizer, [], 0, 0
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
         text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
+        if text.endswith("\ufffd") and self.held < 3:
+            self.held += 1
             return ""
-        new, self.emitted = text[self.emitted :], len(text)
+        return self._emit(text)
+
+    def flush(self) -> str:
+        """Whatever is held back (invalid bytes come out as U+FFFD, as ``decode`` gives)."""
+        return self._emit(self.tokenizer.decode(self.ids))
+
+    def _emit(self, text: str) -> str:
+        new, self.emitted, self.held = text[self.emitted :], len(text), 0
         return new

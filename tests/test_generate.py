@@ -59,3 +59,30 @@ def test_generation_stops_at_end_of_text(model):
     first = generate(model, torch.tensor([[5]]), 1, temperature=0)[0, -1].item()
     out = generate(model, torch.tensor([[5]]), 10, temperature=0, eos_token_id=first)
     assert out.tolist() == [[5, first]]
+
+
+@pytest.mark.parametrize("new", [5, 20])  # within the context, and past it
+def test_kv_cache_gives_exactly_the_tokens_of_recomputation(model, new):
+    prompt = torch.tensor([[3, 7, 1, 4], [9, 9, 2, 0]])
+    cached = generate(model, prompt, new, temperature=0)
+    assert torch.equal(cached, generate(model, prompt, new, temperature=0, use_cache=False))
+    sampled = generate(model, prompt, new, temperature=1.0, top_k=5, seed=3)
+    assert torch.equal(sampled, generate(model, prompt, new, temperature=1.0, top_k=5, seed=3, use_cache=False))
+
+
+def test_cached_logits_match_the_full_forward(model):
+    x = torch.randint(0, 40, (2, 10))
+    cache = model.new_cache(2)
+    steps = [model(x[:, :6], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(6, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_batch_matches_each_prompt_alone(model):
+    a, b = [5, 6, 7, 8, 9], [3, 2]
+    batch = torch.tensor([a, [0, 0, 0] + b])
+    mask = torch.tensor([[1] * 5, [0, 0, 0, 1, 1]])
+    out = generate(model, batch, 9, temperature=0, attention_mask=mask)  # 14 > context 12 too
+    assert out[0].tolist() == generate(model, torch.tensor([a]), 9, temperature=0)[0].tolist()
+    assert out[1, 3:].tolist() == generate(model, torch.tensor([b]), 9, temperature=0)[0].tolist()
+    with pytest.raises(ValueError, match="pad prompts on the left"):
+        generate(model, batch, 2, attention_mask=mask.flip(1))

@@ -35,8 +35,11 @@ def test_stream_decoder_never_splits_a_character():
     text = "naïve café ✓ done"
     decoder = StreamDecoder(tok)
     out = [decoder.push(i) for i in tok.encode(text)]
-    assert "".join(out) == text
+    assert "".join(out) + decoder.flush() == text
     assert all("\ufffd" not in piece for piece in out)
+    garbage = StreamDecoder(tok)  # bytes that never form a character still come out
+    out = "".join(garbage.push(i) for i in tok.encode("\xff")[:1] * 6) + garbage.flush()
+    assert out == tok.decode(tok.encode("\xff")[:1] * 6)
 
 
 def test_find_tokenizer_reads_a_corrupt_file_clearly(tmp_path):

@@ -3,7 +3,7 @@
 Token and learned position embeddings, a stack of pre-LN causal self-attention blocks,
 a final LayerNorm and a linear head tied to the token embeddings. Parameter names follow
 Hugging Face's ``GPT2LMHeadModel`` (transformer.wte, transformer.h.0.attn.c_attn, ...), so
-conversion is a table of renames and transposes.
+conversion is a table of renames and transposes (``qkv/interop/gpt2.py``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import ACTIVATIONS, Block
+from ..nn import ACTIVATIONS, Block, KVCache, causal_mask, padding_mask
 
 
 @dataclass
@@ -24,11 +24,14 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    n_inner: int | None = None  # feed-forward width; None = 4 * n_embd
     dropout: float = 0.0
     bias: bool = True
     activation: str = "gelu_new"  # GPT-2's tanh approximation of GELU
     layer_norm_eps: float = 1e-5
     tie_word_embeddings: bool = True
+    scale_attn_weights: bool = True  # divide Q K^T by sqrt(head_dim)
+    scale_attn_by_inverse_layer_idx: bool = False  # and by layer index + 1 (GPT-2 option)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -40,6 +43,10 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+
+    def attn_scale(self, layer: int) -> float:
+        scale = 1.0 / math.sqrt(self.n_embd // self.n_head) if self.scale_attn_weights else 1.0
+        return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
 
 class GPT(nn.Module):
@@ -54,9 +61,9 @@ class GPT(nn.Module):
             wpe=nn.Embedding(c.block_size, c.n_embd),
             drop=nn.Dropout(c.dropout),
             h=nn.ModuleList(
-                Block(c.n_embd, c.n_head, 4 * c.n_embd, norm_first=True, act=c.activation,
-                      bias=c.bias, dropout=c.dropout, eps=c.layer_norm_eps)
-                for _ in range(c.n_layer)
+                Block(c.n_embd, c.n_head, c.n_inner or 4 * c.n_embd, norm_first=True, act=c.activation,
+                      bias=c.bias, dropout=c.dropout, eps=c.layer_norm_eps, attn_scale=c.attn_scale(i))
+                for i in range(c.n_layer)
             ),
             ln_f=nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias),
         ))
@@ -75,42 +82,78 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def check_input(self, input_ids: Tensor) -> None:
+    def check_input(self, input_ids: Tensor, past: int = 0) -> None:
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
             raise ValueError(
                 f"input_ids must be an integer tensor of shape (batch, seq_len), got "
                 f"{input_ids.dtype} of shape {tuple(input_ids.shape)}"
             )
-        if input_ids.size(1) > self.config.block_size:
+        if past + input_ids.size(1) > self.config.block_size:
             raise ValueError(
-                f"sequence of {input_ids.size(1)} tokens exceeds the model's context "
+                f"sequence of {past + input_ids.size(1)} tokens exceeds the model's context "
                 f"(block_size={self.config.block_size}); shorten the input"
             )
 
-    def forward_features(self, input_ids: Tensor, attentions: list | None = None) -> Tensor:
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for generating ``batch`` sequences of up to ``max_len`` tokens."""
+        c, p = self.config, self.transformer.wte.weight
+        return KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head,
+                       min(max_len or c.block_size, c.block_size), p.device, p.dtype)
+
+    def forward_features(self, input_ids: Tensor, attentions: list | None = None, *,
+                         attention_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """Final hidden states (batch, time, n_embd), after ln_f.
 
-        Pass a list as ``attentions`` to receive each layer's attention weights
-        (batch, heads, time, time); this switches attention to the eager path.
+        attentions: pass a list to receive each layer's attention weights (batch, heads,
+            time, time); this switches attention to the eager path.
+        attention_mask: (batch, past + time), 1 for tokens and 0 for left padding; positions
+            count real tokens only, so a left-padded row computes what it would alone.
+        cache: a KV cache holding earlier positions (generation); it is advanced.
         """
-        self.check_input(input_ids)
-        t = self.transformer
-        pos = torch.arange(input_ids.size(1), device=input_ids.device)
+        past = cache.length if cache is not None else 0
+        self.check_input(input_ids, past)
+        t, T = self.transformer, input_ids.size(1)
+        mask, is_causal = None, True
+        if attention_mask is None:
+            pos = torch.arange(past, past + T, device=input_ids.device)
+        else:
+            if attention_mask.shape != (input_ids.size(0), past + T):
+                raise ValueError(f"attention_mask must be (batch, {past + T}) = (batch, past + new "
+                                 f"tokens), got {tuple(attention_mask.shape)}")
+            valid = attention_mask.bool()
+            pos = (valid.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            mask = causal_mask(T, past + T, input_ids.device) & padding_mask(valid)
+            mask = mask | ~valid[:, None, past:, None]  # padding queries see all: no empty softmax
+            is_causal = False
         x = t.drop(t.wte(input_ids) + t.wpe(pos))
-        for block in t.h:
-            x, w = block(x, is_causal=True, need_weights=attentions is not None)
+        for i, block in enumerate(t.h):
+            x, w = block(x, mask, is_causal=is_causal, need_weights=attentions is not None,
+                         cache=cache.layers[i] if cache is not None else None)
             if attentions is not None:
                 attentions.append(w)
+        if cache is not None:
+            cache.advance(T)
         return t.ln_f(x)
 
-    def forward(self, input_ids: Tensor, targets: Tensor | None = None):
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None, *,
+                attention_mask: Tensor | None = None, cache: KVCache | None = None):
         """Logits (batch, time, vocab); with ``targets`` (batch, time; -100 = ignore),
         returns (logits, mean cross-entropy loss)."""
-        logits = self.lm_head(self.forward_features(input_ids))
+        h = self.forward_features(input_ids, attention_mask=attention_mask, cache=cache)
+        logits = self.lm_head(h)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss
+
+    def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
+        """Prompt plus continuation; see ``qkv.generate.generate`` for the options."""
+        from ..generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+    def save_hf(self, path, tokenizer=None) -> None:
+        """Write a Hugging Face GPT2LMHeadModel directory (config.json + model.safetensors)."""
+        from ..interop import save_hf
+
+        save_hf(self, path, tokenizer)

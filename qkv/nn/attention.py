@@ -9,6 +9,10 @@ computes the same thing step by step and returns the weights too.
 concatenated and projected. It serves self-attention (one fused Q/K/V projection,
 ``c_attn``) and cross-attention (``q_attn`` on the queries, fused K/V ``c_attn`` on the
 context); the names follow Hugging Face's GPT-2 so checkpoints convert by renaming.
+
+``KVCache`` holds the keys and values of tokens already decoded, so that generating a
+token costs one position, not the whole prefix. It lives outside the model: generation
+creates one and passes it in; training never sees it.
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ def scaled_dot_product_attention(
     ``is_causal`` applies a bottom-right-aligned causal mask without materialising it on
     the fast path. Returns (output (B, H, Tq, D), weights (B, H, Tq, Tk) or None).
     """
+    if is_causal and q.size(-2) == 1:  # one new query after a cached prefix sees every key
+        is_causal = False
     if not need_weights:
         if is_causal and mask is not None:
             mask, is_causal = combine(mask, causal_mask(q.size(-2), k.size(-2), q.device)), False
@@ -56,6 +62,44 @@ def scaled_dot_product_attention(
     weights = scores.softmax(dim=-1)
     dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     return dropped @ v, weights
+
+
+class LayerKV:
+    """One layer's slice of a KVCache."""
+
+    def __init__(self, cache: "KVCache", shape: tuple[int, ...], device, dtype):
+        self.cache = cache
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new positions' keys/values (B, H, T, D); return all positions so far."""
+        start = self.cache.length
+        end = start + k.size(2)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class KVCache:
+    """Preallocated keys and values for ``max_len`` positions of every layer.
+
+    The model writes each layer's new positions through ``layers[i].update`` and then
+    calls ``advance(n)`` once the new positions have passed through every layer.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int,
+                 device=None, dtype=torch.float32):
+        self.max_len, self.length = max_len, 0
+        shape = (batch, n_heads, max_len, head_dim)
+        self.layers = [LayerKV(self, shape, device, dtype) for _ in range(n_layers)]
+
+    def check_room(self, n: int) -> None:
+        if self.length + n > self.max_len:
+            raise ValueError(f"KV cache full: {self.length} + {n} positions exceed its {self.max_len}")
+
+    def advance(self, n: int) -> None:
+        self.length += n
 
 
 class MultiHeadAttention(nn.Module):
@@ -101,8 +145,10 @@ class MultiHeadAttention(nn.Module):
         *,
         is_causal: bool = False,
         need_weights: bool = False,
+        cache: LayerKV | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x: (B, T, dim); context: (B, S, kv_dim) for cross-attention.
+        """x: (B, T, dim); context: (B, S, kv_dim) for cross-attention; ``cache``: this
+        layer's KV cache during generation (keys/values of earlier positions).
 
         Returns (output (B, T, dim), attention weights (B, H, T, S) or None).
         """
@@ -113,10 +159,13 @@ class MultiHeadAttention(nn.Module):
             k, v = self.c_attn(context).chunk(2, dim=-1)
         else:
             q, k, v = self.c_attn(x).chunk(3, dim=-1)
+        k, v = self._heads(k), self._heads(v)
+        if cache is not None:
+            k, v = cache.update(k, v)
         out, weights = scaled_dot_product_attention(
             self._heads(q),
-            self._heads(k),
-            self._heads(v),
+            k,
+            v,
             mask,
             is_causal=is_causal,
             dropout_p=self.attn_dropout if self.training else 0.0,

@@ -91,10 +91,12 @@ class Block(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         need_weights: bool = False,
+        cache=None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Returns (x, self-attention weights or None)."""
+        """Returns (x, self-attention weights or None). ``cache``: this layer's KV cache."""
         x, weights = self._residual(
-            x, self.ln_1, lambda h: self.attn(h, mask=mask, is_causal=is_causal, need_weights=need_weights)
+            x, self.ln_1,
+            lambda h: self.attn(h, mask=mask, is_causal=is_causal, need_weights=need_weights, cache=cache),
         )
         if context is not None:
             x, _ = self._residual(

@@ -1,0 +1,41 @@
+"""Weight conversion to and from Hugging Face model directories.
+
+``from_hf(path)`` reads config.json and the weights and returns the matching qkv model;
+``save_hf(model, path)`` writes a directory ``transformers`` loads with ``from_pretrained``.
+Each model's conversion is a table of renames and transposes in its own file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError
+from . import gpt2, hf
+
+FROM_HF = {gpt2.MODEL_TYPE: gpt2}  # Hugging Face model_type -> converter
+TO_HF = {"gpt": gpt2}  # qkv model_type -> converter
+
+
+def is_hf_config(config: dict) -> bool:
+    return config.get("model_type") in FROM_HF
+
+
+def from_hf(path: str | Path, device: str = "cpu"):
+    """Load a Hugging Face model directory as the matching qkv model (eval mode)."""
+    path = Path(path)
+    config = hf.read_config(path)
+    converter = FROM_HF.get(config.get("model_type"))
+    if converter is None:
+        raise ConfigError(f"{path}: model_type {config.get('model_type')!r} has no qkv twin; "
+                          f"qkv converts {', '.join(sorted(FROM_HF))}")
+    return converter.from_hf(config, hf.read_state_dict(path)).to(device).eval()
+
+
+def save_hf(model, path: str | Path, tokenizer=None) -> None:
+    """Write ``model`` as a Hugging Face directory (and ``tokenizer.json`` if given)."""
+    converter = TO_HF.get(model.model_type)
+    if converter is None:
+        raise ConfigError(f"{type(model).__name__} has no Hugging Face twin to save as")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    hf.write(Path(path), converter.config_to_hf(model.config, eos), converter.state_dict_to_hf(model))
+    if tokenizer is not None:
+        tokenizer.save(path)
