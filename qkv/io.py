@@ -70,13 +70,18 @@ def build_model(config: dict):
     return cls(from_dict(cls.config_class, config, where="model"))
 
 
+def read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file} is not valid JSON ({e})") from e
+
+
 def read_config(directory: Path) -> dict:
+    """config.json of a model directory, or of the run a checkpoint directory belongs to."""
     for candidate in (directory, *directory.parents[:2]):
         if (candidate / CONFIG).is_file():
-            try:
-                return json.loads((candidate / CONFIG).read_text())
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{candidate / CONFIG} is not valid JSON ({e})") from e
+            return read_json(candidate / CONFIG)
     raise CheckpointError(f"no {CONFIG} in {directory}: is this a qkv run or model directory?")
 
 

@@ -67,6 +67,13 @@ def test_pytorch_model_bin_and_old_key_layout(tmp_path):
         assert (qkv.from_hf(tmp_path)(x) - hf(x).logits).abs().max() <= 1e-4
 
 
+def test_every_field_transformers_writes_is_understood():
+    from qkv.interop.gpt2 import config_from_hf
+
+    config = config_from_hf(GPT2Config().to_dict())  # all of PretrainedConfig's keys too
+    assert (config.n_layer, config.block_size, config.vocab_size) == (12, 1024, 50257)
+
+
 def test_fields_qkv_cannot_honour_are_errors(tmp_path):
     hf_gpt2(**CONFIGS["tied-odd-heads"]).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

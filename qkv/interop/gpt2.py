@@ -11,17 +11,15 @@ from torch import Tensor
 from ..config import ConfigError
 from ..models.gpt import GPT, GPTConfig
 from ..nn import ACTIVATIONS
+from .hf import GENERIC_CONFIG_KEYS
 
 MODEL_TYPE = "gpt2"
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Fields that do not change the forward computation of the language model.
-INERT = {
-    "architectures", "model_type", "transformers_version", "dtype", "torch_dtype", "_name_or_path",
-    "initializer_range", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id",
+INERT = GENERIC_CONFIG_KEYS | {
     "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
-    "summary_first_dropout", "task_specific_params", "output_past", "gradient_checkpointing",
+    "summary_first_dropout",  # the multiple-choice head of GPT2DoubleHeadsModel
     "reorder_and_upcast_attn",  # an fp16 overflow guard; in fp32 the same attention
-    "id2label", "label2id", "return_dict", "output_attentions", "output_hidden_states",
 }
 MAPPED = {
     "vocab_size": "vocab_size", "n_positions": "block_size", "n_layer": "n_layer", "n_head": "n_head",

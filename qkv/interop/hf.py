@@ -8,19 +8,33 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from ..io import CheckpointError, atomic_write, atomic_write_text
+from ..io import CheckpointError, atomic_write, atomic_write_text, read_json
 
 SAFETENSORS, SHARD_INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 
+# Keys every transformers config may carry (PretrainedConfig's own, and generation
+# defaults older versions wrote into config.json): bookkeeping, labels and generation
+# settings, none of which changes a model's forward computation.
+GENERIC_CONFIG_KEYS = frozenset("""
+    _name_or_path _commit_hash _attn_implementation_autoset transformers_version model_type
+    architectures dtype torch_dtype use_bfloat16 torchscript tf_legacy_loss return_dict
+    output_hidden_states output_attentions use_cache pruned_heads chunk_size_feed_forward
+    is_encoder_decoder is_decoder tie_encoder_decoder finetuning_task id2label label2id
+    problem_type tokenizer_class prefix task_specific_params initializer_range
+    bos_token_id pad_token_id eos_token_id sep_token_id decoder_start_token_id
+    max_length min_length do_sample early_stopping num_beams num_beam_groups diversity_penalty
+    temperature top_k top_p typical_p repetition_penalty length_penalty no_repeat_ngram_size
+    encoder_no_repeat_ngram_size bad_words_ids num_return_sequences output_scores
+    return_dict_in_generate forced_bos_token_id forced_eos_token_id remove_invalid_values
+    exponential_decay_length_penalty suppress_tokens begin_suppress_tokens
+    gradient_checkpointing output_past
+""".split())
+
 
 def read_config(directory: Path) -> dict:
-    file = directory / "config.json"
-    if not file.is_file():
+    if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory} has no config.json; is it a Hugging Face model directory?")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON ({e})") from e
+    return read_json(directory / "config.json")
 
 
 def read_state_dict(directory: Path) -> dict[str, Tensor]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, apply_overrides, load_toml
-from ..io import CONFIG, atomic_write_text, latest_checkpoint, save_config
+from ..io import CONFIG, CheckpointError, atomic_write_text, latest_checkpoint, read_json, save_config
 from ..tokenizers import TOKENIZERS
 from .config import RunConfig, incompatible
 from .lm import LanguageModelTask
@@ -35,7 +35,10 @@ def train(config_path: str | Path, overrides: list[str] = (), *, resume: bool = 
     run_dir = Path(run.out_dir)
     tree = run.to_tree()
     if latest_checkpoint(run_dir) is not None:
-        saved = json.loads((run_dir / RUN_CONFIG).read_text())
+        if not (run_dir / RUN_CONFIG).is_file():
+            raise CheckpointError(f"{run_dir} has checkpoints but no {RUN_CONFIG}; it was not "
+                                  "written by `qkv train`. Use a new out_dir.")
+        saved = read_json(run_dir / RUN_CONFIG)
         diffs = incompatible(saved, tree)
         if diffs:
             raise ConfigError(

@@ -100,10 +100,8 @@ class Trainer:
                 loss = self.loss_fn(self.forward_model, batch) / cfg.grad_accum
             loss.backward()
             total += loss.item()
-        if cfg.grad_clip > 0:
-            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
-        else:
-            grad_norm = float("nan")
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure, don't clip
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
