@@ -9,16 +9,19 @@ import time
 import torch
 
 
-def timeit(fn, repeat: int, warmup: int = 1) -> float:
-    """Median seconds per call of ``fn`` over ``repeat`` calls, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def compare(fns: dict, repeat: int, warmup: int = 1) -> dict:
+    """Median seconds per call of each function, calling them in turn (a, b, a, b, ...) so
+    that a machine whose speed drifts during the run treats them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def matmul_flops(n: int = 2048, repeat: int = 10) -> float:

@@ -20,7 +20,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import in_child, matmul_flops, peak_bytes_during, timeit  # noqa: E402
+from common import compare, in_child, matmul_flops, peak_bytes_during  # noqa: E402
 
 CONFIG = dict(n_layer=6, n_head=8, n_embd=512, vocab_size=8192, n_positions=512)
 BATCH, SEQ, PROMPT, NEW = 8, 256, 16, 256
@@ -90,7 +90,7 @@ def main() -> None:
     if args.child:
         return child(*args.child, args.dropout)
 
-    reps = 3 if args.quick else 7
+    reps = 3 if args.quick else 7  # each measurement alternates qkv and HF this many times
     model, hf = build(args.dropout)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"config: {CONFIG}, dropout {args.dropout}; {n_params / 1e6:.1f}M parameters; "
@@ -106,22 +106,19 @@ def main() -> None:
     # greedy generation first, while both models hold the very same weights
     for batch in (1, 8):
         prompt = torch.randint(0, CONFIG["vocab_size"], (batch, PROMPT))
-        tps = {}
-        for name, m in (("qkv", model), ("hf", hf)):
-            m.eval()
-            with torch.no_grad():
-                tps[name] = batch * NEW / timeit(lambda: generate(m, prompt, name == "hf"), max(1, reps // 2))
         with torch.no_grad():
             same = torch.equal(generate(model, prompt, False), generate(hf, prompt, True))
+            t = compare({"qkv": lambda: generate(model, prompt, False),
+                         "hf": lambda: generate(hf, prompt, True)}, reps, warmup=0)
         rows.append((f"greedy tokens/s, batch {batch} ({'same tokens' if same else 'TOKENS DIFFER'})",
-                     tps["qkv"], tps["hf"]))
+                     batch * NEW / t["qkv"], batch * NEW / t["hf"]))
 
     # training step (this changes the weights)
-    times = {}
-    for name, m in (("qkv", model), ("hf", hf)):
-        m.train()
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        times[name] = timeit(lambda: train_step(m, opt, x, name == "hf"), reps, warmup=2)
+    model.train()
+    hf.train()
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("qkv", model), ("hf", hf))}
+    times = compare({"qkv": lambda: train_step(model, opts["qkv"], x, False),
+                     "hf": lambda: train_step(hf, opts["hf"], x, True)}, reps, warmup=2)
     tokens = BATCH * SEQ
     rows.append(("train tokens/s (8x256)", tokens / times["qkv"], tokens / times["hf"]))
 
