@@ -60,6 +60,13 @@ def test_interrupted_run_resumes_with_the_same_loss_curve(data_root, tmp_path, m
     assert losses(resumed, "val_loss") == losses(straight, "val_loss")
 
 
+def test_gradient_accumulation_sees_the_same_samples_as_one_big_batch(data_root, tmp_path):
+    big = run(tmp_path, "train.max_steps=4", "train.batch_size=8", name="big")
+    accumulated = run(tmp_path, "train.max_steps=4", "train.batch_size=4", "train.grad_accum=2", name="acc")
+    for (step_a, a), (step_b, b) in zip(losses(big), losses(accumulated)):
+        assert step_a == step_b and a == pytest.approx(b, abs=1e-5)
+
+
 def test_a_crash_while_checkpointing_leaves_the_previous_checkpoint(data_root, tmp_path, monkeypatch):
     run(tmp_path, "train.max_steps=5")
 
