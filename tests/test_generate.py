@@ -75,6 +75,9 @@ def test_cached_logits_match_the_full_forward(model):
     cache = model.new_cache(2)
     steps = [model(x[:, :6], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(6, 10)]
     torch.testing.assert_close(torch.cat(steps, dim=1), model(x), atol=1e-5, rtol=1e-5)
+    small = model.new_cache(2, max_len=4)
+    with pytest.raises(ValueError, match="KV cache full: 0 \\+ 6 positions exceed its 4"):
+        model(x[:, :6], cache=small)
 
 
 def test_left_padded_batch_matches_each_prompt_alone(model):

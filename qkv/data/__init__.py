@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import shakespeare
 from .errors import DataError
+from .lm import corpus_tokenizer, encode_corpus
 
 DATASETS = {"shakespeare": shakespeare}
 
@@ -30,8 +31,6 @@ def dataset_module(name: str):
 def get(name: str, root: str | Path | None = None, source: str | Path | None = None, log=print) -> Path:
     """Download (or read from ``source``) and prepare data set ``name``; returns its folder."""
     folder = dataset_module(name).prepare(data_root(root) / name, source=source, log=log)
-    from .lm import corpus_tokenizer, encode_corpus
-
     tokens = encode_corpus(folder, corpus_tokenizer(folder, "char"))  # the default encoding
     log(f"character tokens cached: {len(tokens['train']):,} train, {len(tokens['val']):,} val")
     return folder

@@ -112,6 +112,8 @@ class GPT(nn.Module):
         """
         past = cache.length if cache is not None else 0
         self.check_input(input_ids, past)
+        if cache is not None:
+            cache.check_room(input_ids.size(1))
         t, T = self.transformer, input_ids.size(1)
         mask, is_causal = None, True
         if attention_mask is None:
