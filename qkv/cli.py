@@ -9,6 +9,7 @@ EPILOG = """examples:
   qkv train configs/gpt-shakespeare-char.toml --set train.max_steps=200
   qkv generate runs/gpt-shakespeare-char --prompt "ROMEO:" --max-new-tokens 300 \\
       --temperature 0.8 --top-k 40 --seed 1
+  qkv plot runs/gpt-shakespeare-char runs/gpt-shakespeare-bpe
 """
 
 
@@ -56,6 +57,15 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .train.plot import plot_runs
+
+    out = args.out or (f"{args.run_dirs[0]}/plots" if len(args.run_dirs) == 1 else "plots")
+    for path in plot_runs(args.run_dirs, out):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qkv", description="Train, sample and inspect Transformers.",
@@ -98,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_generate)
+
+    pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
+                        description="Draw loss (validation dashed), learning rate and throughput "
+                                    "from each run's metrics.jsonl; several runs share each figure.")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    pl.add_argument("--out", metavar="DIR",
+                    help="where the PNGs go (default: RUN_DIR/plots for one run, ./plots for several)")
+    pl.set_defaults(func=cmd_plot)
     return p
 
 

@@ -94,3 +94,20 @@ def test_kill_9_and_restart_continues_the_curve(data_root, tmp_path):
         return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(tmp_path / name / "metrics.jsonl")]
 
     assert curve("killed") == curve("straight")
+
+
+def test_plot_draws_the_curves_of_several_runs(trained, tmp_path, capsys):
+    import matplotlib.image
+
+    from qkv.train.plot import load_curves
+
+    curves = load_curves(trained)
+    assert curves["loss"][0] == list(range(1, 21)) and curves["val_loss"][0] == [5, 10, 15, 20]
+    assert main(["plot", str(trained), str(trained), "--out", str(tmp_path / "plots")]) == 0
+    written = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[1] for p in written] == ["loss.png", "lr.png", "throughput.png"]
+    for path in written:
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0  # drawn, not blank
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "metrics.jsonl does not exist" in capsys.readouterr().err
