@@ -67,6 +67,8 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
     ``max_new_tokens`` or once every row has produced ``eos_token_id`` (then pads with it).
     """
     check_sampling(temperature, top_k, top_p)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     block_size = model.config.block_size
     check_prompt(input_ids, attention_mask, block_size)
     device = next(model.parameters()).device

@@ -51,6 +51,9 @@ def test_bad_requests_are_named(model):
         generate(model, torch.ones(1, 2, dtype=torch.long), 1, temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         generate(model, torch.ones(1, 2, dtype=torch.long), 1, top_p=1.5)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
+        generate(model, torch.ones(1, 2, dtype=torch.long), -1)
+    assert generate(model, torch.ones(1, 2, dtype=torch.long), 0).tolist() == [[1, 1]]
     with pytest.raises(ValueError, match="non-empty prompt"):
         generate(model, torch.ones(1, 0, dtype=torch.long), 1)
 
