@@ -135,9 +135,8 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
     """Load a model (and its tokenizer, when the directory has one) from a qkv run
     directory, a checkpoint directory, a qkv model directory or a Hugging Face model
     directory (see ``qkv.interop``). The model is in eval mode."""
-    from .tokenizers import find_tokenizer
-
     from .interop import from_hf, is_hf_config
+    from .tokenizers import find_tokenizer
 
     path = Path(path)
     if not path.exists():

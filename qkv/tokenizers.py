@@ -137,7 +137,6 @@ class BPETokenizer:
         except Exception as e:
             raise TokenizerError(f"{file} is not a readable tokenizer.json ({e})") from e
 
-
     @classmethod
     def from_vocab_merges(cls, vocab: Path, merges: Path) -> "BPETokenizer":
         """GPT-2's original files: ``vocab.json`` (token -> id) and ``merges.txt``."""

@@ -63,10 +63,10 @@ def state_dict_from_hf(sd: dict[str, Tensor], c: GPTConfig) -> dict[str, Tensor]
             continue  # old checkpoints saved the causal-mask buffers
         name = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
         out[name] = t.t() if name.endswith(TRANSPOSED) else t
-    if c.tie_word_embeddings or "lm_head.weight" not in out:
-        if not c.tie_word_embeddings:
-            raise ConfigError("tie_word_embeddings=false but the checkpoint has no lm_head.weight")
+    if c.tie_word_embeddings:
         out["lm_head.weight"] = out["transformer.wte.weight"]
+    elif "lm_head.weight" not in out:
+        raise ConfigError("tie_word_embeddings=false but the checkpoint has no lm_head.weight")
     return out
 
 

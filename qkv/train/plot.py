@@ -42,10 +42,10 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     runs = {Path(r).name or str(r): load_curves(Path(r)) for r in run_dirs}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # one colour per run
     written = []
     for filename, (title, ylabel, series) in PANELS.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for i, (name, curves) in enumerate(runs.items()):
             for key, style in series:
                 if key in curves:
