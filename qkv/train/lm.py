@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, from_dict
 from ..data import prepared
 from ..data.lm import TokenWindows, corpus_tokenizer, encode_corpus
-from ..io import build_model
+from ..io import build_model, load
 from ..tokenizers import TOKENIZERS, find_tokenizer
 from .config import RunConfig
 
@@ -82,3 +82,22 @@ class LanguageModelTask:
         losses = [F.cross_entropy(model(x.to(device)).flatten(0, 1).float(), y.to(device).flatten())
                   for x, y in self.val_batches]
         return {"val_loss": torch.stack(losses).mean().item()}
+
+    @staticmethod
+    def evaluate_run(run_dir: Path, run: RunConfig, split: str, out: Path) -> dict[str, float]:
+        """Mean next-token loss over every token of a split (non-overlapping windows)."""
+        model, tokenizer = load(run_dir)
+        data = from_dict(LMDataConfig, run.data, where="data")
+        tokens = encode_corpus(prepared(data.name, data.dir or None), tokenizer)
+        if split not in tokens:
+            raise ConfigError(f"data set {data.name!r} has no {split!r} split; it has {sorted(tokens)}")
+        ids = torch.from_numpy(tokens[split].astype("int64"))
+        n, total, count = data.block_size, 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(ids) - 1, n):
+                x, y = ids[start:start + n], ids[start + 1:start + n + 1]
+                x = x[:len(y)]
+                total += F.cross_entropy(model(x[None])[0], y, reduction="sum").item()
+                count += len(y)
+        loss = total / count
+        return {"loss": loss, "perplexity": float(torch.tensor(loss).exp()), "tokens": count}

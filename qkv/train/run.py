@@ -27,6 +27,30 @@ def load_run_config(config_path: str | Path, overrides: list[str] = ()) -> RunCo
     return RunConfig.from_tree(apply_overrides(load_toml(config_path), list(overrides)))
 
 
+def read_run(run_dir: str | Path) -> RunConfig:
+    """The configuration a run directory was trained with (its run.json)."""
+    file = Path(run_dir) / RUN_CONFIG
+    if not file.is_file():
+        raise CheckpointError(f"{run_dir} is not a qkv run directory (no {RUN_CONFIG}); "
+                              "give the out_dir of a `qkv train` run")
+    return RunConfig.from_tree(read_json(file))
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", out: str | Path | None = None,
+                 **options) -> dict[str, float]:
+    """``qkv evaluate``: score a run's latest checkpoint on one split of its data.
+
+    Each task answers with its own metrics (and may write files, e.g. hypotheses or a
+    figure, under ``out``, by default RUN_DIR/eval-SPLIT); ``options`` are task-specific.
+    """
+    run = read_run(run_dir)
+    task = TASKS.get(run.task)
+    if task is None or not hasattr(task, "evaluate_run"):
+        raise ConfigError(f"task {run.task!r} of {run_dir} has no `qkv evaluate`")
+    out = Path(out) if out else Path(run_dir) / f"eval-{split}"
+    return task.evaluate_run(Path(run_dir), run, split, out, **options)
+
+
 def train(config_path: str | Path, overrides: list[str] = (), *, resume: bool = False,
           progress: bool = True) -> Path:
     run = load_run_config(config_path, overrides)
