@@ -24,11 +24,29 @@ def cmd_data(args) -> int:
     return 0
 
 
+def torchrun_command(args) -> list[str]:
+    """``qkv train ... --nproc N`` as the torchrun command that starts N ranks on this machine."""
+    own = ["train", args.config, *(a for kv in args.set or [] for a in ("--set", kv)),
+           *(["--resume"] if args.resume else []), *(["--no-progress"] if args.no_progress else [])]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={args.nproc}", "-m", "qkv", *own]
+
+
 def cmd_train(args) -> int:
+    import os
+    import subprocess
+
     from .train import train
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1:
+        if "WORLD_SIZE" in os.environ:
+            raise ValueError("--nproc under torchrun: torchrun already started the processes; drop --nproc")
+        return subprocess.call(torchrun_command(args))
     run_dir = train(args.config, args.set or [], resume=args.resume, progress=not args.no_progress)
-    print(f"done: {run_dir}  (sample with: qkv generate {run_dir} --prompt ...)")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"done: {run_dir}  (sample with: qkv generate {run_dir} --prompt ...)")
     return 0
 
 
@@ -64,6 +82,20 @@ def cmd_evaluate(args) -> int:
     width = max(map(len, results))
     for name, value in results.items():
         print(f"{name:{width}s}  {value:.4f}" if isinstance(value, float) else f"{name:{width}s}  {value}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from . import load, save_model
+
+    model, tokenizer = load(args.run_dir)
+    out = Path(args.out or Path(args.run_dir) / "export")
+    save_model(model, out)
+    if tokenizer is not None:
+        tokenizer.save(out)
+    print(out / "model.safetensors")
     return 0
 
 
@@ -103,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.max_steps=200 (repeatable)")
     t.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train on N processes of this machine (DistributedDataParallel, through torchrun)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("generate", help="sample text from a trained language model",
@@ -127,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", metavar="DIR", help="where files the task writes go (default: RUN_DIR/eval-SPLIT)")
     ev.set_defaults(func=cmd_evaluate)
 
+    x = sub.add_parser("export", help="write a run's latest checkpoint as one model directory",
+                       description="Gather the latest checkpoint of a run (whole, or sharded by FSDP "
+                                   "across any number of processes) into config.json + model.safetensors "
+                                   "(+ the tokenizer), which `qkv.load` and every qkv command read.")
+    x.add_argument("run_dir", help="a run directory written by `qkv train`")
+    x.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/export)")
+    x.set_defaults(func=cmd_export)
+
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "
                                     "from each run's metrics.jsonl; several runs share each figure.")
@@ -143,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from .io import CheckpointError
     from .tokenizers import TokenizerError
     from .train import TrainingInterrupted
+    from .train.distributed import DistributedFailure
 
     args = build_parser().parse_args(argv)
     try:
@@ -150,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
+    except DistributedFailure as e:
+        print(f"qkv {args.command}: {e}. The job stops; its last complete checkpoint stands: "
+              "run the same command again to resume.", file=sys.stderr)
+        return 1
     except (ConfigError, DataError, CheckpointError, TokenizerError, ValueError) as e:
         print(f"qkv {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -18,6 +19,7 @@ from torch import nn
 from .config import ConfigError, from_dict
 
 WEIGHTS = "model.safetensors"
+SHARDED = "sharded"  # an FSDP checkpoint: torch.distributed.checkpoint's files, one per rank
 CONFIG = "config.json"
 LATEST = "latest"
 
@@ -91,7 +93,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     if not pointer.is_file():
         return None
     ckpt = pointer.parent / pointer.read_text().strip()
-    if not (ckpt / WEIGHTS).is_file():
+    if not (ckpt / WEIGHTS).is_file() and not (ckpt / SHARDED / ".metadata").is_file():
         raise CheckpointError(
             f"{pointer} points at {ckpt}, which has no {WEIGHTS}; the checkpoint is missing. "
             f"Point {pointer} at an older checkpoints/step-* directory, or retrain."
@@ -100,18 +102,39 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def weights_path(path: Path) -> Path:
-    if (path / WEIGHTS).is_file():
-        return path / WEIGHTS
+    """model.safetensors of a model directory or of a run's latest checkpoint (or, for a
+    run trained with FSDP, the checkpoint's sharded/ folder)."""
+    for candidate in (path / WEIGHTS, path / SHARDED):
+        if candidate.exists():
+            return candidate
     ckpt = latest_checkpoint(path)
     if ckpt is None:
         raise CheckpointError(
             f"no weights in {path}: expected {WEIGHTS} or checkpoints/{LATEST} "
             "(a run directory has weights once training has written its first checkpoint)"
         )
-    return ckpt / WEIGHTS
+    return weights_path(ckpt)
+
+
+def load_sharded_weights(model: nn.Module, folder: Path) -> None:
+    """Gather an FSDP checkpoint (torch.distributed.checkpoint, any number of shards) into
+    an ordinary model, in this one process."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(folder), no_dist=True)
+    except Exception as e:
+        raise CheckpointError(f"{folder} is not a complete sharded checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160]})") from e
+    model.load_state_dict(state["model"])
 
 
 def load_weights(model: nn.Module, file: Path) -> None:
+    if file.is_dir():
+        return load_sharded_weights(model, file)
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
     except Exception as e:  # safetensors raises several types for truncated/garbled files

@@ -4,6 +4,9 @@
 trainer_state.json (step, samples seen, RNG states). It is written under a temporary name
 and renamed into place when complete; only then does ``checkpoints/latest`` (replaced
 atomically) point at it. A half-written checkpoint is never named by ``latest``.
+A run trained with FSDP keeps, instead of model.safetensors and optimizer.pt, a
+``sharded/`` folder written by torch.distributed.checkpoint (each rank its shards);
+``qkv.load`` and ``qkv export`` gather it into a whole model.
 """
 from __future__ import annotations
 
@@ -14,9 +17,14 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ..io import LATEST, CheckpointError, atomic_write, atomic_write_text, latest_checkpoint, load_weights, save_model
+from ..io import (LATEST, SHARDED, CheckpointError, atomic_write, atomic_write_text, latest_checkpoint,
+                  load_weights, save_config, save_model)
+from .distributed import barrier
 
 OPTIMIZER = "optimizer.pt"
 STATE = "trainer_state.json"
@@ -47,36 +55,73 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, state: dict, keep: int) -> Path:
-    """Write the checkpoint for ``state["step"]`` and make it the latest."""
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, state: dict, keep: int,
+                    *, sharded: bool = False) -> Path:
+    """Write the checkpoint for ``state["step"]`` and make it the latest. Called by every
+    rank: with ``sharded`` (FSDP) each rank writes its shards of the model and optimizer
+    with torch.distributed.checkpoint; otherwise rank 0 alone writes the whole model."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:06d}"
-    if not final.exists():
-        tmp = root / f".tmp-{final.name}"
+    tmp = root / f".tmp-{final.name}"
+    exists = final.exists()
+    if _is_main() and not exists:
+        root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(model, tmp)
-        atomic_write(tmp / OPTIMIZER, lambda f: torch.save(optimizer.state_dict(), f))
-        atomic_write_text(tmp / STATE, json.dumps({**state, "rng": rng_state()}) + "\n")
-        os.rename(tmp, final)
-        _fsync_dir(root)
-    atomic_write_text(root / LATEST, final.name + "\n")
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    if not exists:
+        if sharded:
+            model_state, optim_state = get_state_dict(model, optimizer)
+            dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / SHARDED))
+            barrier()
+        if _is_main():
+            if sharded:
+                save_config(model, tmp)
+            else:
+                save_model(model, tmp)
+                atomic_write(tmp / OPTIMIZER, lambda f: torch.save(optimizer.state_dict(), f))
+            atomic_write_text(tmp / STATE, json.dumps({**state, "rng": rng_state()}) + "\n")
+            os.rename(tmp, final)
+            _fsync_dir(root)
+    if _is_main():
+        atomic_write_text(root / LATEST, final.name + "\n")
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 
-def load_checkpoint(run_dir: Path, model: nn.Module, optimizer) -> dict | None:
+def _load_sharded(ckpt: Path, model: nn.Module, optimizer) -> None:
+    """torch.distributed.checkpoint reshards on load: any number of ranks, or one process."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=str(ckpt / SHARDED), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def load_checkpoint(run_dir: Path, model: nn.Module, optimizer, *, sharded: bool = False) -> dict | None:
     """Restore model, optimizer and RNG from the latest checkpoint; returns the trainer
-    state, or None when the run has no checkpoint yet."""
+    state, or None when the run has no checkpoint yet. A sharded (FSDP) checkpoint resumes
+    on any number of processes; a whole one, on any number of DDP processes."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         return None
-    load_weights(model, ckpt / "model.safetensors")
+    if sharded and not (ckpt / SHARDED).is_dir():
+        raise CheckpointError(f"{ckpt} holds a whole model (a DDP or one-process run); resume it with "
+                              "train.strategy=\"ddp\", or start a new FSDP run")
     try:
-        optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER, weights_only=True, map_location="cpu"))
+        if (ckpt / SHARDED).is_dir():
+            _load_sharded(ckpt, model, optimizer)
+        else:
+            load_weights(model, ckpt / "model.safetensors")
+            optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER, weights_only=True, map_location="cpu"))
         state = json.loads((ckpt / STATE).read_text())
+    except CheckpointError:
+        raise
     except Exception as e:  # truncated or garbled files fail in many ways; all mean the same
         raise CheckpointError(
             f"checkpoint {ckpt} is incomplete or corrupt ({type(e).__name__}: "

@@ -12,6 +12,7 @@ from typing import Any
 from ..config import ConfigError, from_dict
 
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TrainConfig:
     ckpt_interval: int = 250         # steps between checkpoints (and at the end)
     keep_checkpoints: int = 2        # newest checkpoints kept on disk
     compile: bool = False            # torch.compile the model
+    strategy: str = "ddp"            # with several processes: ddp (replicas) | fsdp (FSDP2 shards)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     precision: str = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
 
@@ -44,6 +46,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
 

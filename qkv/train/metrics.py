@@ -27,5 +27,15 @@ class MetricsLog:
         self.file.close()
 
 
+class NullLog:
+    """What ranks other than 0 write to: nothing."""
+
+    def write(self, **record) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -11,7 +11,8 @@ from ..io import CONFIG, CheckpointError, atomic_write_text, latest_checkpoint, 
 from ..tokenizers import TOKENIZERS
 from .config import RunConfig, incompatible
 from .lm import LanguageModelTask
-from .trainer import Trainer
+from . import distributed
+from .trainer import Trainer, resolve_device
 
 TASKS = {"lm": LanguageModelTask}
 RUN_CONFIG = "run.json"
@@ -72,18 +73,28 @@ def train(config_path: str | Path, overrides: list[str] = (), *, resume: bool = 
             )
     elif resume:
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from")
-    else:
-        _fresh_run_dir(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(run.seed)
-    task = TASKS[run.task](run, run_dir)
-    atomic_write_text(run_dir / RUN_CONFIG, json.dumps(tree, indent=2) + "\n")
-    save_config(task.model, run_dir)
-    task.tokenizer.save(run_dir)
-    n_params = sum(p.numel() for p in task.model.parameters())
-    print(f"{run.task}: {type(task.model).__name__} with {n_params / 1e6:.2f}M parameters -> {run_dir}")
-    trainer = Trainer(task.model, run.train, run_dir, batches=task.batches, loss=task.loss,
-                      evaluate=task.evaluate, tokens_per_sample=task.tokens_per_sample,
-                      progress=progress)
-    trainer.fit()
+    world, _ = distributed.setup(resolve_device(run.train.device))
+    try:
+        if world.is_main and latest_checkpoint(run_dir) is None:
+            _fresh_run_dir(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for first in (True, False):  # rank 0 first: it may train a tokenizer and cache encodings
+            if world.is_main == first:
+                torch.manual_seed(run.seed)
+                task = TASKS[run.task](run, run_dir)
+            if world.is_main and first:
+                atomic_write_text(run_dir / RUN_CONFIG, json.dumps(tree, indent=2) + "\n")
+                save_config(task.model, run_dir)
+                task.tokenizer.save(run_dir)
+                n_params = sum(p.numel() for p in task.model.parameters())
+                procs = f" on {world.world_size} processes" if world.enabled else ""
+                print(f"{run.task}: {type(task.model).__name__} with {n_params / 1e6:.2f}M parameters"
+                      f"{procs} -> {run_dir}")
+            distributed.barrier()
+        trainer = Trainer(task.model, run.train, run_dir, batches=task.batches, loss=task.loss,
+                          evaluate=task.evaluate, tokens_per_sample=task.tokens_per_sample,
+                          progress=progress)
+        trainer.fit()
+    finally:
+        distributed.teardown()
     return run_dir

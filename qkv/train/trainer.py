@@ -7,6 +7,14 @@ A task hands the Trainer a model and three functions:
 - ``evaluate(model)``: validation metrics, a dict of floats (optional).
 The Trainer owns everything else: AdamW, the schedule, accumulation, clipping, autocast,
 torch.compile, checkpoints, resume, metrics and progress.
+
+Under torchrun (see ``distributed.py``) ``train.batch_size`` is the global micro-batch:
+rank r of N trains on samples ``first + r*B/N .. first + (r+1)*B/N - 1`` of it, through
+DistributedDataParallel, which averages the gradients. N processes therefore take the
+same steps as one process with the same config, and a run can resume on another number
+of processes (the position in the data is counted in global samples). ``loss`` must call
+the model (``model(...)``), which is what lets DDP synchronise the gradients. Every rank
+evaluates (the same batches, so the same numbers); rank 0 alone logs and checkpoints.
 """
 from __future__ import annotations
 
@@ -24,8 +32,9 @@ from tqdm import tqdm
 
 from ..config import ConfigError
 from .checkpoint import load_checkpoint, save_checkpoint
+from . import distributed
 from .config import TrainConfig
-from .metrics import MetricsLog
+from .metrics import MetricsLog, NullLog
 from .optim import adamw, learning_rate
 
 
@@ -75,14 +84,24 @@ class Trainer:
         progress: bool = True,
     ):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.device = resolve_device(cfg.device)
+        self.world, self.device = distributed.setup(resolve_device(cfg.device))
+        if cfg.batch_size % self.world.world_size:
+            raise ConfigError(f"train.batch_size={cfg.batch_size} must be divisible by the number of "
+                              f"processes ({self.world.world_size}): each takes an equal share")
         self.autocast = autocast_context(cfg.precision, self.device)
         self.model = model.to(self.device)
-        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.sharded = self.world.enabled and cfg.strategy == "fsdp"
+        self.ddp = None
+        if self.sharded:
+            distributed.shard(self.model)
+        elif self.world.enabled:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.eager_model = self.ddp or self.model
+        self.forward_model = torch.compile(self.eager_model) if cfg.compile else self.eager_model
         self.batches, self.loss_fn, self.evaluate_fn = batches, loss, evaluate
         self.tokens_per_step = tokens_per_sample * cfg.batch_size * cfg.grad_accum
         self.optimizer = adamw(model, cfg, self.device)
-        self.progress = progress
+        self.progress = progress and self.world.is_main
         self.step = 0
         self._stop_signal: int | None = None
 
@@ -93,28 +112,32 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
+        share = cfg.batch_size // self.world.world_size
         for micro in range(cfg.grad_accum):
-            first = (self.step * cfg.grad_accum + micro) * cfg.batch_size
-            batch = to_device(self.batches(first, cfg.batch_size), self.device)
-            with self.autocast():
-                loss = self.loss_fn(self.forward_model, batch) / cfg.grad_accum
-            loss.backward()
+            first = (self.step * cfg.grad_accum + micro) * cfg.batch_size + self.world.rank * share
+            batch = to_device(self.batches(first, share), self.device)
+            last = micro == cfg.grad_accum - 1  # DDP averages the gradients once, after the last
+            with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                with self.autocast():
+                    loss = self.loss_fn(self.forward_model, batch) / cfg.grad_accum
+                loss.backward()
             total += loss.item()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure, don't clip
-        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total, grad_norm
 
     def _train_step_with_fallback(self) -> tuple[float, float]:
-        if self.forward_model is self.model:
+        if self.forward_model is self.eager_model:
             return self._train_step()
         try:
             return self._train_step()
         except Exception as e:  # torch.compile unavailable here (no compiler, unsupported op)
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); continuing uncompiled")
-            self.forward_model = self.model
+            self.forward_model = self.eager_model
             self.optimizer.zero_grad(set_to_none=True)
             return self._train_step()
 
@@ -129,9 +152,11 @@ class Trainer:
         finally:
             self.model.train()
 
-    def checkpoint(self, samples: int, elapsed: float) -> Path:
-        state = {"step": self.step, "samples": samples, "elapsed_s": round(elapsed, 3)}
-        return save_checkpoint(self.run_dir, self.model, self.optimizer, state, self.cfg.keep_checkpoints)
+    def checkpoint(self, samples: int, elapsed: float) -> None:
+        state = {"step": self.step, "samples": samples, "elapsed_s": round(elapsed, 3),
+                 "world_size": self.world.world_size}
+        save_checkpoint(self.run_dir, self.model, self.optimizer, state, self.cfg.keep_checkpoints,
+                        sharded=self.sharded)
 
     # -- the loop -------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
@@ -142,12 +167,15 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to ``max_steps``, resuming from the latest checkpoint if there is one."""
         cfg = self.cfg
-        state = load_checkpoint(self.run_dir, self.model, self.optimizer)
+        state = load_checkpoint(self.run_dir, self.model, self.optimizer, sharded=self.sharded)
         self.step = state["step"] if state else 0
         elapsed0 = state["elapsed_s"] if state else 0.0
-        if state:
+        main = self.world.is_main
+        if state and main:
             print(f"resuming {self.run_dir} from step {self.step}", file=sys.stderr)
-        log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step)
+        if self.world.rank:  # dropout: each rank its own stream, derived from the run's
+            torch.manual_seed(int(torch.randint(2**62, (1,))) + self.world.rank)
+        log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step) if main else NullLog()
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress,
                    desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
@@ -158,7 +186,17 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
-                loss, grad_norm = self._train_step_with_fallback()
+                try:
+                    loss, grad_norm = self._train_step_with_fallback()
+                except RuntimeError as e:  # DDP's gradient all-reduce met a dead rank
+                    if self.world.enabled and distributed.is_collective_failure(e):
+                        raise distributed.lost_contact(e) from e
+                    raise
+                if self.world.enabled:  # the global batch's loss; and stop together, at a step boundary
+                    loss, stop = distributed.all_reduce([loss / self.world.world_size,
+                                                         float(self._stop_signal is not None)])
+                    if stop and self._stop_signal is None:
+                        self._stop_signal = signal.SIGTERM
                 step_time += time.perf_counter() - t0
                 steps_since_log += 1
                 bar.update(1)
@@ -172,7 +210,7 @@ class Trainer:
                 done = self.step == cfg.max_steps
                 if self.step % cfg.eval_interval == 0 or done:
                     last = self.evaluate()
-                    if last:
+                    if last and main:
                         log.write(step=self.step, **{k: round(v, 6) for k, v in last.items()})
                         bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
                 if self.step % cfg.ckpt_interval == 0 or done or self._stop_signal is not None:
