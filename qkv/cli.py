@@ -10,6 +10,7 @@ EPILOG = """examples:
   qkv generate runs/gpt-shakespeare-char --prompt "ROMEO:" --max-new-tokens 300 \\
       --temperature 0.8 --top-k 40 --seed 1
   qkv plot runs/gpt-shakespeare-char runs/gpt-shakespeare-bpe
+  qkv classify runs/vit-fashion-mnist shirt.png boot.png
 """
 
 
@@ -64,6 +65,18 @@ def cmd_evaluate(args) -> int:
     width = max(map(len, results))
     for name, value in results.items():
         print(f"{name:{width}s}  {value:.4f}" if isinstance(value, float) else f"{name:{width}s}  {value}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from . import load
+    from .classify import classify
+
+    model, _ = load(args.run_dir, device=args.device)
+    for path, top in zip(args.images, classify(model, args.images, args.top)):
+        print(path)
+        for name, p in top:
+            print(f"  {p:7.2%}  {name}")
     return 0
 
 
@@ -126,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="which split (default: test)")
     ev.add_argument("--out", metavar="DIR", help="where files the task writes go (default: RUN_DIR/eval-SPLIT)")
     ev.set_defaults(func=cmd_evaluate)
+
+    cl = sub.add_parser("classify", help="top-5 labels of image files from an image classifier",
+                        description="Print each image's most likely labels with probabilities; images "
+                                    "are converted and resized with Pillow as the model's config says.")
+    cl.add_argument("run_dir", help="a run directory (or a model directory) of an image classifier")
+    cl.add_argument("images", nargs="+", metavar="IMAGE")
+    cl.add_argument("--top", type=int, default=5, help="how many labels (default: 5)")
+    cl.add_argument("--device", default="cpu")
+    cl.set_defaults(func=cmd_classify)
 
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "

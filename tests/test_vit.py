@@ -95,7 +95,7 @@ def test_mean_pooling_option():
     model = qkv.ViT(qkv.ViTConfig(**{**qkv.models.vit.PRESETS["vit-28-tiny"], "pool": "mean"})).eval()
     x = torch.randn(2, 1, 28, 28)
     features = model.forward_features(x)
-    assert features.shape == (2, 1 + 49, 64)
+    assert features.shape == (2, 1 + 16, 96)
     assert torch.allclose(model(x), model.classifier(features[:, 1:].mean(1)))
     with pytest.raises(ConfigError, match="pool"):
         model.save_hf("unused")

@@ -92,9 +92,9 @@ PRESETS = {
     "vit-s-16": dict(_B16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "vit-b-16": dict(_B16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "vit-l-16": dict(_B16, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-    # 28x28, patch 4: 49 patches + [CLS]
-    "vit-28-tiny": dict(image_size=28, patch_size=4, num_channels=1, num_labels=10, hidden_size=64,
-                        num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),
+    # 28x28 grey: patch 7 (16 patches + [CLS]; fast on a CPU) and patch 4 (49 + [CLS])
+    "vit-28-tiny": dict(image_size=28, patch_size=7, num_channels=1, num_labels=10, hidden_size=96,
+                        num_hidden_layers=4, num_attention_heads=4, intermediate_size=192),
     "vit-28-small": dict(image_size=28, patch_size=4, num_channels=1, num_labels=10, hidden_size=128,
                          num_hidden_layers=6, num_attention_heads=4, intermediate_size=256),
 }

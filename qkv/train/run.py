@@ -10,10 +10,11 @@ from ..config import ConfigError, apply_overrides, load_toml
 from ..io import CONFIG, CheckpointError, atomic_write_text, latest_checkpoint, read_json, save_config
 from ..tokenizers import TOKENIZERS
 from .config import RunConfig, incompatible
+from .classify import ImageClassificationTask
 from .lm import LanguageModelTask
 from .trainer import Trainer
 
-TASKS = {"lm": LanguageModelTask}
+TASKS = {"lm": LanguageModelTask, "classify": ImageClassificationTask}
 RUN_CONFIG = "run.json"
 
 
@@ -79,7 +80,8 @@ def train(config_path: str | Path, overrides: list[str] = (), *, resume: bool = 
     task = TASKS[run.task](run, run_dir)
     atomic_write_text(run_dir / RUN_CONFIG, json.dumps(tree, indent=2) + "\n")
     save_config(task.model, run_dir)
-    task.tokenizer.save(run_dir)
+    if task.tokenizer is not None:  # image tasks keep their preprocessing in config.json
+        task.tokenizer.save(run_dir)
     n_params = sum(p.numel() for p in task.model.parameters())
     print(f"{run.task}: {type(task.model).__name__} with {n_params / 1e6:.2f}M parameters -> {run_dir}")
     trainer = Trainer(task.model, run.train, run_dir, batches=task.batches, loss=task.loss,
