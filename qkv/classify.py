@@ -27,7 +27,7 @@ def load_image(path: str | Path, config) -> torch.Tensor:
     size = (config.image_size, config.image_size)
     if image.size != size:
         image = image.resize(size, Image.Resampling.BICUBIC)
-    return to_pixels(np.asarray(image)[None], *config.mean_std)
+    return to_pixels(np.array(image)[None], *config.mean_std)
 
 
 @torch.no_grad()

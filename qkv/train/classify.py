@@ -105,12 +105,13 @@ class ImageClassificationTask:
         defaults = {"image_size": meta["image_size"][0], "num_channels": meta["channels"],
                     "num_labels": len(meta["labels"]), "labels": meta["labels"],
                     "image_mean": [round(m, 4) for m in mean], "image_std": [round(s, 4) for s in std]}
+        clash = {k: cfg[k] for k in ("image_size", "num_channels", "num_labels") if k in cfg and cfg[k] != defaults[k]}
+        if clash:
+            raise ConfigError(f"{data.name} has {meta['channels']}-channel {'x'.join(map(str, meta['image_size']))} "
+                              f"images in {len(meta['labels'])} classes, but [model] sets "
+                              f"{', '.join(f'{k}={v}' for k, v in clash.items())}: remove those keys")
         self.model = build_model({"model_type": model_type, **PRESETS.get(preset, {}), **defaults, **cfg})
         c = self.model.config
-        if (c.image_size, c.num_channels, c.num_labels) != (defaults["image_size"], meta["channels"], len(meta["labels"])):
-            raise ConfigError(f"{data.name} has {meta['channels']}-channel {meta['image_size']} images in "
-                              f"{len(meta['labels'])} classes; the model is set for {c.num_channels}-channel "
-                              f"{c.image_size}x{c.image_size} images in {c.num_labels}: remove those model keys")
         self.images = images
         self.seed = run.seed
         self._orders: dict[int, np.ndarray] = {}
