@@ -1,6 +1,7 @@
-"""Fashion-MNIST (Xiao et al., 2017; MIT): 70,000 28x28 grey images of 10 kinds of
-clothing, from the Debian package ``dataset-fashion-mnist`` (IDX files under
-``/usr/share/datasets/fashion-mnist/``).
+"""Fashion-MNIST: 70,000 28x28 grey images of clothing in 10 classes (Debian package).
+
+Xiao et al. (2017), MIT licence, from the Debian package ``dataset-fashion-mnist`` (IDX
+files under ``/usr/share/datasets/fashion-mnist/``).
 
 Those files are used where the package is installed; else the package is fetched with
 ``apt-get download`` (no root needed) and unpacked with ``dpkg-deb -x``. Elsewhere, point

