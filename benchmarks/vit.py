@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -30,7 +31,7 @@ def build(preset: str):
     from transformers import ViTConfig, ViTForImageClassification
     from transformers.utils import logging
 
-    import qkv.interop.vit as conv
+    import qkv
 
     logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -40,8 +41,9 @@ def build(preset: str):
                           num_labels=p["num_labels"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                           layer_norm_eps=1e-6)
     hf = ViTForImageClassification(hf_config)
-    hf_config.architectures = ["ViTForImageClassification"]
-    model = conv.from_hf(hf_config.to_dict(), hf.state_dict())
+    with tempfile.TemporaryDirectory() as tmp:  # through a checkpoint directory, as users load one
+        hf.save_pretrained(tmp)
+        model = qkv.from_hf(tmp)
     return model, hf, p
 
 

@@ -110,14 +110,14 @@ def test_interpolate_grid_keeps_cls_and_identity():
 
 def test_bad_inputs_say_what_the_model_expects():
     model = qkv.ViT(qkv.ViTConfig(**qkv.models.vit.PRESETS["vit-28-tiny"]))
-    with pytest.raises(ValueError, match="not divisible by the patch size 4"):
+    with pytest.raises(ValueError, match="not divisible by the patch size 7"):
         model(torch.randn(1, 1, 30, 30), interpolate_pos_encoding=True)
     with pytest.raises(ValueError, match="grey images with 1 channel"):
         model(torch.randn(1, 3, 28, 28))
-    with pytest.raises(ValueError, match="trained on 28x28 images, got 32x32.*interpolate_pos_encoding=True"):
-        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="trained on 28x28 images, got 35x35.*interpolate_pos_encoding=True"):
+        model(torch.randn(1, 1, 35, 35))
     with pytest.raises(ValueError, match="float tensor"):
         model(torch.zeros(1, 1, 28, 28, dtype=torch.uint8))
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         qkv.ViTConfig(image_size=30, patch_size=4)
-    assert model(torch.randn(1, 1, 32, 32), interpolate_pos_encoding=True).shape == (1, 10)
+    assert model(torch.randn(1, 1, 35, 35), interpolate_pos_encoding=True).shape == (1, 10)
