@@ -10,6 +10,7 @@ EPILOG = """examples:
   qkv generate runs/gpt-shakespeare-char --prompt "ROMEO:" --max-new-tokens 300 \\
       --temperature 0.8 --top-k 40 --seed 1
   qkv plot runs/gpt-shakespeare-char runs/gpt-shakespeare-bpe
+  qkv classify runs/vit-fashion-mnist shirt.png boot.png
 """
 
 
@@ -46,7 +47,7 @@ def cmd_train(args) -> int:
         return subprocess.call(torchrun_command(args))
     run_dir = train(args.config, args.set or [], resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"done: {run_dir}  (sample with: qkv generate {run_dir} --prompt ...)")
+        print(f"done: {run_dir}")
     return 0
 
 
@@ -96,6 +97,18 @@ def cmd_export(args) -> int:
     if tokenizer is not None:
         tokenizer.save(out)
     print(out / "model.safetensors")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from . import load
+    from .classify import classify
+
+    model, _ = load(args.run_dir, device=args.device)
+    for path, top in zip(args.images, classify(model, args.images, args.top)):
+        print(path)
+        for name, p in top:
+            print(f"  {p:7.2%}  {name}")
     return 0
 
 
@@ -168,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", help="a run directory written by `qkv train`")
     x.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/export)")
     x.set_defaults(func=cmd_export)
+
+    cl = sub.add_parser("classify", help="top-5 labels of image files from an image classifier",
+                        description="Print each image's most likely labels with probabilities; images "
+                                    "are converted and resized with Pillow as the model's config says.")
+    cl.add_argument("run_dir", help="a run directory (or a model directory) of an image classifier")
+    cl.add_argument("images", nargs="+", metavar="IMAGE")
+    cl.add_argument("--top", type=int, default=5, help="how many labels (default: 5)")
+    cl.add_argument("--device", default="cpu")
+    cl.set_defaults(func=cmd_classify)
 
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "

@@ -3,12 +3,15 @@
 Learned positions are a plain ``nn.Embedding`` owned by the model (GPT-2's ``wpe``).
 Sinusoidal positions are Section 3.5 of Vaswani et al. (2017):
 PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+Learned positions over a 2-D patch grid (ViT) move to another grid size by bicubic
+interpolation (``interpolate_grid``; Dosovitskiy et al. 2021, Section 3.2).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -39,3 +42,18 @@ class SinusoidalPositions(nn.Module):
                 "this model was built for"
             )
         return self.table[offset : offset + seq_len]
+
+
+def interpolate_grid(table: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                     prefix: int = 1) -> Tensor:
+    """Resize learned 2-D positions ``table`` (1, prefix + h*w, dim), laid out row-major
+    over an ``old_grid`` (h, w) of patches, to ``new_grid`` by bicubic interpolation
+    (align_corners=False). The first ``prefix`` rows (ViT's [CLS]) are kept as they are."""
+    if table.size(1) != prefix + old_grid[0] * old_grid[1]:
+        raise ValueError(f"a table of {table.size(1)} positions is not {prefix} + a {old_grid[0]}x{old_grid[1]} grid")
+    if tuple(new_grid) == tuple(old_grid):
+        return table
+    head, grid = table[:, :prefix], table[:, prefix:]
+    grid = grid.reshape(1, *old_grid, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    return torch.cat([head, grid.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)

@@ -10,11 +10,12 @@ from ..config import ConfigError, apply_overrides, load_toml
 from ..io import CONFIG, CheckpointError, atomic_write_text, latest_checkpoint, read_json, save_config
 from ..tokenizers import TOKENIZERS
 from .config import RunConfig, incompatible
-from .lm import LanguageModelTask
 from . import distributed
+from .image_classification import ImageClassificationTask
+from .lm import LanguageModelTask
 from .trainer import Trainer, resolve_device
 
-TASKS = {"lm": LanguageModelTask}
+TASKS = {"lm": LanguageModelTask, "image_classification": ImageClassificationTask}
 RUN_CONFIG = "run.json"
 
 
@@ -85,7 +86,8 @@ def train(config_path: str | Path, overrides: list[str] = (), *, resume: bool = 
             if world.is_main and first:
                 atomic_write_text(run_dir / RUN_CONFIG, json.dumps(tree, indent=2) + "\n")
                 save_config(task.model, run_dir)
-                task.tokenizer.save(run_dir)
+                if task.tokenizer is not None:  # image tasks keep their preprocessing in config.json
+                    task.tokenizer.save(run_dir)
                 n_params = sum(p.numel() for p in task.model.parameters())
                 procs = f" on {world.world_size} processes" if world.enabled else ""
                 print(f"{run.task}: {type(task.model).__name__} with {n_params / 1e6:.2f}M parameters"

@@ -1,0 +1,42 @@
+"""``qkv classify``: top-k labels of image files, prepared with Pillow as the model's
+config says (grey or RGB, size, normalisation)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .train.image_classification import to_pixels
+
+
+def load_image(path: str | Path, config) -> torch.Tensor:
+    """One image file -> normalised (1, channels, size, size) float tensor: converted to
+    grey ("L") or RGB, resized (bicubic) to the model's image_size if it differs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if config.num_channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path} is not an image Pillow can read ({type(e).__name__}); give a PNG, JPEG, ...") from e
+    if config.num_channels not in (1, 3):
+        raise ValueError(f"the model takes {config.num_channels}-channel images; qkv classify reads grey or RGB")
+    size = (config.image_size, config.image_size)
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return to_pixels(np.array(image)[None], *config.mean_std)
+
+
+@torch.no_grad()
+def classify(model, paths: list[str | Path], k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each image, its ``k`` most likely labels with their probabilities."""
+    if not hasattr(model.config, "num_labels") or model.config.num_labels < 1:
+        raise ValueError("this model has no classification head (num_labels=0)")
+    x = torch.cat([load_image(p, model.config) for p in paths])
+    probs = model(x.to(next(model.parameters()).device)).softmax(-1).cpu()
+    top = probs.topk(min(k, probs.size(-1)), dim=-1)
+    names = model.config.label_names
+    return [[(names[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist())] for ps, ix in zip(*top)]
