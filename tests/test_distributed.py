@@ -80,7 +80,7 @@ def _worker_pids(launcher: int) -> dict[int, int]:
             stat = (proc / "stat").read_text()
         except OSError:
             continue
-        if f"TORCHELASTIC_RUN_ID".encode() not in b"".join(env):
+        if b"TORCHELASTIC_RUN_ID" not in b"".join(env):
             continue
         rank = [e for e in env if e.startswith(b"RANK=")]
         if rank and int(stat.rsplit(")", 1)[1].split()[1]) != launcher:
