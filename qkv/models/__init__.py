@@ -1,7 +1,8 @@
 """One file per model; each is a config dataclass plus an nn.Module built from qkv.nn."""
 from .gpt import GPT, GPTConfig
+from .transformer import Transformer, TransformerConfig
 
 # model_type (as written in config.json) -> model class; the class names its config class.
-MODELS = {GPT.model_type: GPT}
+MODELS = {GPT.model_type: GPT, Transformer.model_type: Transformer}
 
-__all__ = ["GPT", "GPTConfig", "MODELS"]
+__all__ = ["GPT", "GPTConfig", "MODELS", "Transformer", "TransformerConfig"]
