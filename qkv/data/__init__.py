@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import shakespeare
+from . import bible, shakespeare
 from .errors import DataError
 from .lm import corpus_tokenizer, encode_corpus
 
-DATASETS = {"shakespeare": shakespeare}
+DATASETS = {"shakespeare": shakespeare, "bible-en-de": bible}
 
 
 def data_root(override: str | Path | None = None) -> Path:
@@ -28,10 +28,12 @@ def dataset_module(name: str):
         raise DataError(f"unknown data set {name!r}; qkv knows: {', '.join(sorted(DATASETS))}") from None
 
 
-def get(name: str, root: str | Path | None = None, source: str | Path | None = None, log=print) -> Path:
-    """Download (or read from ``source``) and prepare data set ``name``; returns its folder."""
+def get(name: str, root: str | Path | None = None, source: str | Path | None = None, log=print,
+        **options) -> Path:
+    """Download (or read from ``source``) and prepare data set ``name``; returns its folder.
+    ``options`` are the data set's own (e.g. ``src``/``tgt`` for bible-en-de)."""
     module = dataset_module(name)
-    folder = module.prepare(data_root(root) / name, source=source, log=log)
+    folder = module.prepare(data_root(root) / name, source=source, log=log, **options)
     if getattr(module, "TEXT_CORPUS", False):  # train.txt/val.txt: cache the default encoding
         tokens = encode_corpus(folder, corpus_tokenizer(folder, "char"))
         log(f"character tokens cached: {len(tokens['train']):,} train, {len(tokens['val']):,} val")

@@ -12,8 +12,9 @@ from ..tokenizers import TOKENIZERS
 from .config import RunConfig, incompatible
 from .lm import LanguageModelTask
 from .trainer import Trainer
+from .translation import TranslationTask
 
-TASKS = {"lm": LanguageModelTask}
+TASKS = {"lm": LanguageModelTask, "translation": TranslationTask}
 RUN_CONFIG = "run.json"
 
 
