@@ -143,3 +143,15 @@ def test_bad_input_is_a_clear_error(run_dir, data_root, tmp_path, capsys):
         train(CONFIG, [*TINY, "data.name=shakespeare", f"out_dir={tmp_path / 'y'}"], progress=False)
     assert cli.main(["average", str(run_dir), "--last", "9"]) == 2
     assert "fewer than --last 9" in capsys.readouterr().err
+
+
+def test_nlp_en_de_aligned_by_index_split_by_file(data_root):
+    folder = data.get("nlp-en-de", source=FIXTURES / "nlp-en-de", log=lambda *a: None)
+    for split in ("train", "dev", "test"):
+        en, de = read_pairs(folder, split, "en", "de")
+        assert len(en) == len(de) == 8
+    en, de = read_pairs(folder, "train", "en", "de")
+    assert en[0].startswith("Creakiness and atmosphere") and de[0].startswith("Knarren und Atmosphäre")
+    assert json.loads((folder / "split.json").read_text())["rule"] == "doc-2 test, doc-1 dev, the rest train"
+    with pytest.raises(DataError, match="one pair"):
+        data.get("nlp-en-de", source=FIXTURES / "nlp-en-de", log=lambda *a: None, src="de", tgt="en")

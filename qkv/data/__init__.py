@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import bible, shakespeare
+from . import bible, nlp_en_de, shakespeare
 from .errors import DataError
 from .lm import corpus_tokenizer, encode_corpus
 
-DATASETS = {"shakespeare": shakespeare, "bible-en-de": bible}
+DATASETS = {"shakespeare": shakespeare, "bible-en-de": bible, "nlp-en-de": nlp_en_de}
 
 
 def data_root(override: str | Path | None = None) -> Path:

@@ -97,7 +97,8 @@ class TranslationTask:
         self.train = TokenBatches(*train, data.max_tokens, self.tokenizer, seed=run.seed)
         dev = encode_pairs(self.tokenizer, *read_pairs(folder, "dev", data.src, data.tgt), max_len, log)
         dev_batches = TokenBatches(*dev, data.max_tokens, self.tokenizer, seed=0)
-        self.val_batches = [dev_batches.collate(b) for b in dev_batches.batches[:run.train.eval_batches]]
+        every = max(1, len(dev_batches) // run.train.eval_batches)  # short and long sentences alike
+        self.val_batches = [dev_batches.collate(b) for b in dev_batches.batches[::every][:run.train.eval_batches]]
         self.tokens_per_sample = self.train.target_tokens / len(self.train)
         log(f"{len(train[0]):,} training pairs in {len(self.train):,} batches of <= {data.max_tokens} tokens")
 
@@ -140,7 +141,8 @@ class TranslationTask:
         seconds = time.perf_counter() - t0
         refs = [target[i] for i in rows]
         bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
-        results = {"sentences": len(rows), "skipped_empty": len(source) - len(rows) if max_sentences is None else 0,
+        empty = sum(1 for s, t in zip(source, target) if not (s.strip() and t.strip()))
+        results = {"sentences": len(rows), "skipped_empty_pairs": empty,
                    "beam": beam, "length_penalty": length_penalty,
                    "bleu": bleu.corpus_score(hyps, [refs]).score, "chrf": chrf.corpus_score(hyps, [refs]).score,
                    "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
