@@ -43,6 +43,9 @@ def cmd_generate(args) -> int:
     from .tokenizers import StreamDecoder
 
     model, tokenizer = load(args.run_dir, device=args.device)
+    if not hasattr(model, "generate"):
+        raise ValueError(f"{args.run_dir} holds a {model.model_type!r} model, not a language model; "
+                         "for translation use `qkv translate`")
     if tokenizer is None:
         raise ValueError(f"{args.run_dir} has no tokenizer file; qkv generate needs one to read the prompt")
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt

@@ -141,6 +141,10 @@ def test_bad_input_is_a_clear_error(run_dir, data_root, tmp_path, capsys):
         train(CONFIG, [*TINY, "train.batch_size=2", f"out_dir={tmp_path / 'x'}"], progress=False)
     with pytest.raises(qkv.config.ConfigError, match="not a parallel corpus"):
         train(CONFIG, [*TINY, "data.name=shakespeare", f"out_dir={tmp_path / 'y'}"], progress=False)
+    assert cli.main(["generate", str(run_dir), "--prompt", "x"]) == 2
+    assert "qkv translate" in capsys.readouterr().err
+    assert cli.main(["data", "get", "shakespeare", "--src", "k"]) == 2
+    assert "not a translation corpus" in capsys.readouterr().err
     assert cli.main(["average", str(run_dir), "--last", "9"]) == 2
     assert "fewer than --last 9" in capsys.readouterr().err
 

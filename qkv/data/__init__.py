@@ -33,6 +33,8 @@ def get(name: str, root: str | Path | None = None, source: str | Path | None = N
     """Download (or read from ``source``) and prepare data set ``name``; returns its folder.
     ``options`` are the data set's own (e.g. ``src``/``tgt`` for bible-en-de)."""
     module = dataset_module(name)
+    if options and not getattr(module, "PARALLEL", False):
+        raise DataError(f"{', '.join('--' + k for k in options)}: {name!r} is not a translation corpus")
     folder = module.prepare(data_root(root) / name, source=source, log=log, **options)
     if getattr(module, "TEXT_CORPUS", False):  # train.txt/val.txt: cache the default encoding
         tokens = encode_corpus(folder, corpus_tokenizer(folder, "char"))
