@@ -11,6 +11,8 @@ EPILOG = """examples:
       --temperature 0.8 --top-k 40 --seed 1
   qkv plot runs/gpt-shakespeare-char runs/gpt-shakespeare-bpe
   qkv classify runs/vit-fashion-mnist shirt.png boot.png
+  qkv translate runs/transformer-bible-en-de "In the beginning God created the heavens and the earth." --beam 4
+  qkv evaluate runs/transformer-bible-en-de --split test --beam 4
 """
 
 
@@ -21,7 +23,8 @@ def cmd_data(args) -> int:
         for name, module in sorted(data.DATASETS.items()):
             print(f"{name:14s} {module.__doc__.strip().splitlines()[0]}")
         return 0
-    data.get(args.name, root=args.data_dir, source=args.source)
+    options = {k: getattr(args, k) for k in ("src", "tgt") if getattr(args, k) is not None}
+    data.get(args.name, root=args.data_dir, source=args.source, **options)
     return 0
 
 
@@ -59,6 +62,9 @@ def cmd_generate(args) -> int:
     from .tokenizers import StreamDecoder
 
     model, tokenizer = load(args.run_dir, device=args.device)
+    if not hasattr(model, "generate"):
+        raise ValueError(f"{args.run_dir} holds a {model.model_type!r} model, not a language model; "
+                         "for translation use `qkv translate`")
     if tokenizer is None:
         raise ValueError(f"{args.run_dir} has no tokenizer file; qkv generate needs one to read the prompt")
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
@@ -79,7 +85,9 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from .train.run import evaluate_run
 
-    results = evaluate_run(args.run_dir, args.split, args.out)
+    options = {k: getattr(args, k) for k in ("beam", "length_penalty", "max_sentences")
+               if getattr(args, k) is not None}  # translation options, passed only when given
+    results = evaluate_run(args.run_dir, args.split, args.out, **options)
     width = max(map(len, results))
     for name, value in results.items():
         print(f"{name:{width}s}  {value:.4f}" if isinstance(value, float) else f"{name:{width}s}  {value}")
@@ -112,6 +120,35 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_translate(args) -> int:
+    from . import load
+    from .translate import check_seq2seq, translate_texts
+
+    model, tokenizer = load(args.run_dir, device=args.device)
+    check_seq2seq(model, args.run_dir)
+    if tokenizer is None:
+        raise ValueError(f"{args.run_dir} has no tokenizer file; qkv translate needs one")
+    options = dict(beam=args.beam, length_penalty=args.length_penalty, max_new_tokens=args.max_new_tokens)
+    if args.text:
+        for line in translate_texts(model, tokenizer, args.text, **options):
+            print(line)
+        return 0
+    lines = sys.stdin.read().splitlines()  # empty lines stay empty: the output aligns with the input
+    full = [i for i, line in enumerate(lines) if line.strip()]
+    out = [""] * len(lines)
+    for i, hyp in zip(full, translate_texts(model, tokenizer, [lines[i] for i in full], **options)):
+        out[i] = hyp
+    sys.stdout.write("".join(line + "\n" for line in out))
+    return 0
+
+
+def cmd_average(args) -> int:
+    from .train.average import average_checkpoints
+
+    print(average_checkpoints(args.run_dir, args.last, args.out))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .train.plot import plot_runs
 
@@ -137,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--from", dest="source", metavar="PATH",
                    help="use a local copy (the source archive, or a folder of its files) instead of downloading")
     g.add_argument("--data-dir", metavar="DIR", help="data root (default: $QKV_DATA or ~/.cache/qkv)")
+    g.add_argument("--src", metavar="CODE", help="translation corpora: source version (bible-en-de: 4 = WEB)")
+    g.add_argument("--tgt", metavar="CODE", help="translation corpora: target version (bible-en-de: e = Elberfelder)")
     dsub.add_parser("list", help="list the data sets qkv knows")
     d.set_defaults(func=cmd_data)
 
@@ -172,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", help="a run directory written by `qkv train`")
     ev.add_argument("--split", default="test", help="which split (default: test)")
     ev.add_argument("--out", metavar="DIR", help="where files the task writes go (default: RUN_DIR/eval-SPLIT)")
+    ev.add_argument("--beam", type=int, help="translation: beam size (1 = greedy; default 4)")
+    ev.add_argument("--length-penalty", type=float, help="translation: alpha of the length penalty (default 0.6)")
+    ev.add_argument("--max-sentences", type=int, help="translation: score only the first N sentences")
     ev.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("export", help="write a run's latest checkpoint as one model directory",
@@ -190,6 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--top", type=int, default=5, help="how many labels (default: 5)")
     cl.add_argument("--device", default="cpu")
     cl.set_defaults(func=cmd_classify)
+
+    tr = sub.add_parser("translate", help="translate text with a trained translation model",
+                        description="Translate each TEXT argument, or else each line of stdin (empty "
+                                    "lines give empty lines, so the output aligns with the input).")
+    tr.add_argument("run_dir", help="a translation run directory (or an averaged/model directory with a tokenizer)")
+    tr.add_argument("text", nargs="*", help="sentences to translate (default: read stdin, one per line)")
+    tr.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4)")
+    tr.add_argument("--length-penalty", type=float, default=0.6, help="alpha of ((5+len)/6)^alpha (default 0.6)")
+    tr.add_argument("--max-new-tokens", type=int, default=None, help="default: 2 * source tokens + 10")
+    tr.add_argument("--device", default="cpu")
+    tr.set_defaults(func=cmd_translate)
+
+    av = sub.add_parser("average", help="average the weights of a run's last N checkpoints",
+                        description="Write the mean weights of the newest N checkpoints (with the run's "
+                                    "config and tokenizer) to a directory qkv translate/evaluate read.")
+    av.add_argument("run_dir")
+    av.add_argument("--last", type=int, default=5, help="how many checkpoints (default 5)")
+    av.add_argument("--out", metavar="DIR", help="default: RUN_DIR/averaged-last-N")
+    av.set_defaults(func=cmd_average)
 
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "

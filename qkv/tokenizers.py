@@ -188,3 +188,30 @@ class StreamDecoder:
     def _emit(self, text: str) -> str:
         new, self.emitted, self.held = text[self.emitted :], len(text), 0
         return new
+
+
+# -- translation: one BPE vocabulary for source and target ----------------------------------
+PAD, BOS = "<pad>", "<s>"
+
+
+def train_joint_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+    """Byte-level BPE trained on source and target text together: the shared source-target
+    vocabulary of Vaswani et al. (Section 5.1), so one embedding matrix serves both sides.
+    Special tokens: ``<pad>`` = 0, ``<s>`` = 1 (decoder start), ``<|endoftext|>`` = 2 (EOS).
+    Byte-level: every character encodes, nothing is unknown."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return BPETokenizer(tok)
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """pad/bos/eos ids of a translation tokenizer (from ``train_joint_bpe``)."""
+    ids = {name: tokenizer.tokenizer.token_to_id(tok) if hasattr(tokenizer, "tokenizer") else None
+           for name, tok in (("pad_token_id", PAD), ("bos_token_id", BOS), ("eos_token_id", EOT))}
+    if None in ids.values():
+        raise TokenizerError(f"this tokenizer lacks the translation special tokens {PAD}, {BOS}, {EOT}")
+    return ids

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import fashion_mnist, mnist, shakespeare
+from . import bible, fashion_mnist, mnist, nlp_en_de, shakespeare
 from .errors import DataError
 from .lm import corpus_tokenizer, encode_corpus
 
-DATASETS = {"shakespeare": shakespeare, "fashion-mnist": fashion_mnist, "mnist": mnist}
+DATASETS = {"shakespeare": shakespeare, "bible-en-de": bible, "nlp-en-de": nlp_en_de,
+            "fashion-mnist": fashion_mnist, "mnist": mnist}
 
 
 def data_root(override: str | Path | None = None) -> Path:
@@ -28,10 +29,14 @@ def dataset_module(name: str):
         raise DataError(f"unknown data set {name!r}; qkv knows: {', '.join(sorted(DATASETS))}") from None
 
 
-def get(name: str, root: str | Path | None = None, source: str | Path | None = None, log=print) -> Path:
-    """Download (or read from ``source``) and prepare data set ``name``; returns its folder."""
+def get(name: str, root: str | Path | None = None, source: str | Path | None = None, log=print,
+        **options) -> Path:
+    """Download (or read from ``source``) and prepare data set ``name``; returns its folder.
+    ``options`` are the data set's own (e.g. ``src``/``tgt`` for bible-en-de)."""
     module = dataset_module(name)
-    folder = module.prepare(data_root(root) / name, source=source, log=log)
+    if options and not getattr(module, "PARALLEL", False):
+        raise DataError(f"{', '.join('--' + k for k in options)}: {name!r} is not a translation corpus")
+    folder = module.prepare(data_root(root) / name, source=source, log=log, **options)
     if getattr(module, "TEXT_CORPUS", False):  # train.txt/val.txt: cache the default encoding
         tokens = encode_corpus(folder, corpus_tokenizer(folder, "char"))
         log(f"character tokens cached: {len(tokens['train']):,} train, {len(tokens['val']):,} val")

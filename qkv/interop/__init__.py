@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError
-from . import gpt2, hf, vit
+from . import gpt2, hf, marian, vit
 
-FROM_HF = {gpt2.MODEL_TYPE: gpt2, vit.MODEL_TYPE: vit}  # Hugging Face model_type -> converter
-TO_HF = {"gpt": gpt2, "vit": vit}  # qkv model_type -> converter
+# Hugging Face model_type -> converter
+FROM_HF = {gpt2.MODEL_TYPE: gpt2, marian.MODEL_TYPE: marian, vit.MODEL_TYPE: vit}
+TO_HF = {"gpt": gpt2, "transformer": marian, "vit": vit}  # qkv model_type -> converter
 
 
 def is_hf_config(config: dict) -> bool:

@@ -1,8 +1,9 @@
 """One file per model; each is a config dataclass plus an nn.Module built from qkv.nn."""
 from .gpt import GPT, GPTConfig
+from .transformer import Transformer, TransformerConfig
 from .vit import ViT, ViTConfig
 
 # model_type (as written in config.json) -> model class; the class names its config class.
-MODELS = {GPT.model_type: GPT, ViT.model_type: ViT}
+MODELS = {GPT.model_type: GPT, Transformer.model_type: Transformer, ViT.model_type: ViT}
 
-__all__ = ["GPT", "GPTConfig", "MODELS", "ViT", "ViTConfig"]
+__all__ = ["GPT", "GPTConfig", "MODELS", "Transformer", "TransformerConfig", "ViT", "ViTConfig"]

@@ -101,6 +101,11 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def reorder(self, index: Tensor) -> None:
+        """Keep (and repeat) the batch rows ``index`` (N',): beam search's reordering."""
+        for layer in self.layers:
+            layer.k, layer.v = layer.k.index_select(0, index), layer.v.index_select(0, index)
+
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention over ``x`` (self) or over ``context`` (cross).
@@ -137,6 +142,12 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, t: Tensor) -> Tensor:  # (B, T, H*D) -> (B, H, T, D)
         return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values (B, H, S, D) of ``context``: computed once per
+        source and passed back as ``kv`` at every decoding step."""
+        k, v = self.c_attn(context).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
     def forward(
         self,
         x: Tensor,
@@ -146,20 +157,22 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
         cache: LayerKV | None = None,
+        kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: (B, T, dim); context: (B, S, kv_dim) for cross-attention; ``cache``: this
-        layer's KV cache during generation (keys/values of earlier positions).
+        layer's KV cache during generation (keys/values of earlier positions); ``kv``: the
+        context's keys and values from ``context_kv`` (cross-attention during generation).
 
         Returns (output (B, T, dim), attention weights (B, H, T, S) or None).
         """
         if self.cross:
-            if context is None:
+            if context is None and kv is None:
                 raise ValueError("cross-attention needs a context tensor")
             q = self.q_attn(x)
-            k, v = self.c_attn(context).chunk(2, dim=-1)
+            k, v = kv if kv is not None else self.context_kv(context)
         else:
             q, k, v = self.c_attn(x).chunk(3, dim=-1)
-        k, v = self._heads(k), self._heads(v)
+            k, v = self._heads(k), self._heads(v)
         if cache is not None:
             k, v = cache.update(k, v)
         out, weights = scaled_dot_product_attention(

@@ -92,15 +92,19 @@ class Block(nn.Module):
         context_mask: Tensor | None = None,
         need_weights: bool = False,
         cache=None,
+        context_kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Returns (x, self-attention weights or None). ``cache``: this layer's KV cache."""
+        """Returns (x, self-attention weights or None). ``cache``: this layer's KV cache;
+        ``context_kv``: the context's cross-attention keys/values, computed once
+        (``crossattention.context_kv``) instead of from ``context`` at every step."""
         x, weights = self._residual(
             x, self.ln_1,
             lambda h: self.attn(h, mask=mask, is_causal=is_causal, need_weights=need_weights, cache=cache),
         )
-        if context is not None:
+        if context is not None or context_kv is not None:
             x, _ = self._residual(
-                x, self.ln_cross_attn, lambda h: self.crossattention(h, context, context_mask)
+                x, self.ln_cross_attn,
+                lambda h: self.crossattention(h, context, context_mask, kv=context_kv),
             )
         x, _ = self._residual(x, self.ln_2, lambda h: (self.mlp(h), None))
         return x, weights

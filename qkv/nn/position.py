@@ -15,12 +15,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> Tensor:
-    """(n_positions, dim) table with sines in even and cosines in odd channels."""
+def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0, *,
+                     interleaved: bool = True) -> Tensor:
+    """(n_positions, dim) table with sines in even and cosines in odd channels; with
+    ``interleaved=False``, sines in the first half and cosines in the second (Marian's
+    layout: the same features, permuted)."""
     if dim % 2:
         raise ValueError(f"sinusoidal positions need an even dim, got {dim}")
     pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
     inv_freq = torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    if not interleaved:
+        return torch.cat([torch.sin(pos * inv_freq), torch.cos(pos * inv_freq)], dim=1).float()
     table = torch.empty(n_positions, dim, dtype=torch.float64)
     table[:, 0::2] = torch.sin(pos * inv_freq)
     table[:, 1::2] = torch.cos(pos * inv_freq)
@@ -31,9 +36,10 @@ class SinusoidalPositions(nn.Module):
     """Fixed sinusoidal position encodings, added to token embeddings (not saved: a buffer
     recomputed from the config)."""
 
-    def __init__(self, n_positions: int, dim: int):
+    def __init__(self, n_positions: int, dim: int, *, interleaved: bool = True):
         super().__init__()
-        self.register_buffer("table", sinusoidal_table(n_positions, dim), persistent=False)
+        self.register_buffer("table", sinusoidal_table(n_positions, dim, interleaved=interleaved),
+                             persistent=False)
 
     def forward(self, seq_len: int, offset: int = 0) -> Tensor:
         if offset + seq_len > self.table.size(0):

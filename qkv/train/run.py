@@ -14,8 +14,10 @@ from . import distributed
 from .image_classification import ImageClassificationTask
 from .lm import LanguageModelTask
 from .trainer import Trainer, resolve_device
+from .translation import TranslationTask
 
-TASKS = {"lm": LanguageModelTask, "image_classification": ImageClassificationTask}
+TASKS = {"lm": LanguageModelTask, "translation": TranslationTask,
+         "image_classification": ImageClassificationTask}
 RUN_CONFIG = "run.json"
 
 
