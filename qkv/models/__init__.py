@@ -1,7 +1,8 @@
 """One file per model; each is a config dataclass plus an nn.Module built from qkv.nn."""
+from .baselines import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from .gpt import GPT, GPTConfig
 
 # model_type (as written in config.json) -> model class; the class names its config class.
-MODELS = {GPT.model_type: GPT}
+MODELS = {GPT.model_type: GPT, LSTMSeq2Seq.model_type: LSTMSeq2Seq}
 
-__all__ = ["GPT", "GPTConfig", "MODELS"]
+__all__ = ["GPT", "GPTConfig", "LSTMSeq2Seq", "LSTMSeq2SeqConfig", "MODELS"]
