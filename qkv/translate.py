@@ -7,7 +7,7 @@ import torch
 from .generate import translate
 from .tokenizers import special_ids
 
-SEQ2SEQ = ("transformer",)  # model types that implement the decoding protocol
+SEQ2SEQ = ("transformer", "lstm_seq2seq")  # model types that implement the decoding protocol
 
 
 def check_seq2seq(model, where) -> None:

@@ -137,7 +137,7 @@ def test_bad_input_is_a_clear_error(run_dir, data_root, tmp_path, capsys):
           [*LM_TINY, "train.max_steps=1", f"out_dir={lm}"], progress=False)
     assert cli.main(["translate", str(lm), "hello"]) == 2
     assert "not a translation model" in capsys.readouterr().err
-    with pytest.raises(qkv.config.ConfigError, match="batch_size = 1"):
+    with pytest.raises(qkv.config.ConfigError, match="batch_size to the number of processes"):
         train(CONFIG, [*TINY, "train.batch_size=2", f"out_dir={tmp_path / 'x'}"], progress=False)
     with pytest.raises(qkv.config.ConfigError, match="not a parallel corpus"):
         train(CONFIG, [*TINY, "data.name=shakespeare", f"out_dir={tmp_path / 'y'}"], progress=False)
@@ -159,3 +159,16 @@ def test_nlp_en_de_aligned_by_index_split_by_file(data_root):
     assert json.loads((folder / "split.json").read_text())["rule"] == "doc-2 test, doc-1 dev, the rest train"
     with pytest.raises(DataError, match="one pair"):
         data.get("nlp-en-de", source=FIXTURES / "nlp-en-de", log=lambda *a: None, src="de", tgt="en")
+
+
+def test_the_lstm_baseline_trains_and_decodes_through_the_same_task(corpus, tmp_path, capsys):
+    out = tmp_path / "lstm"
+    tiny = ["data.vocab_size=300", "data.max_tokens=400", "model.d_model=16", "model.hidden_size=32",
+            "model.num_layers=1", "train.max_steps=2", "train.warmup_steps=1", "train.eval_interval=2",
+            "train.eval_batches=1", "train.ckpt_interval=2", f"out_dir={out}"]
+    train(ROOT / "configs" / "lstm-bible-en-de.toml", tiny, progress=False)
+    assert isinstance(qkv.load(out).model, qkv.models.LSTMSeq2Seq)
+    assert cli.main(["evaluate", str(out), "--split", "test", "--beam", "2", "--out", str(tmp_path / "e")]) == 0
+    assert "chrf" in capsys.readouterr().out
+    assert cli.main(["translate", str(out), "In the beginning", "--beam", "3", "--max-new-tokens", "4"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1

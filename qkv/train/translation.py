@@ -25,6 +25,7 @@ from ..io import atomic_write_text, build_model, load
 from ..tokenizers import find_tokenizer, special_ids
 from ..translate import SEQ2SEQ, check_seq2seq, translate_texts
 from .config import RunConfig
+from .distributed import world
 
 BUCKETS = ((1, 15), (16, 30), (31, 45), (46, 10**6))  # source length in words
 
@@ -86,9 +87,10 @@ def build_seq2seq(model_cfg: dict, tokenizer):
 class TranslationTask:
     def __init__(self, run: RunConfig, run_dir: Path, log=print):
         self.data = data = from_dict(TranslationDataConfig, run.data, where="data")
-        if run.train.batch_size != 1:
-            raise ConfigError("the translation task batches by tokens: set train.batch_size = 1 (one batch "
-                              "of data.max_tokens tokens per micro-step) and use train.grad_accum for more")
+        if run.train.batch_size != world().world_size:
+            raise ConfigError("the translation task batches by tokens: set train.batch_size to the number of "
+                              "processes (one batch of data.max_tokens tokens per process and micro-step) "
+                              "and use train.grad_accum for more")
         folder = corpus_folder(data)
         self.tokenizer = find_tokenizer(run_dir) or joint_tokenizer(folder, data.src, data.tgt, data.vocab_size, log)
         self.model = build_seq2seq(run.model, self.tokenizer)
