@@ -1,7 +1,7 @@
 """qkv: the Transformer family in one small, fast, readable PyTorch codebase."""
 from .interop import from_hf, save_hf
 from .io import load, save_model
-from .models import GPT, GPTConfig
+from .models import BERT, BERTConfig, GPT, GPTConfig
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "from_hf", "load", "save_hf", "save_model"]
+__all__ = ["BERT", "BERTConfig", "GPT", "GPTConfig", "from_hf", "load", "save_hf", "save_model"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError
-from . import gpt2, hf
+from . import bert, gpt2, hf
 
-FROM_HF = {gpt2.MODEL_TYPE: gpt2}  # Hugging Face model_type -> converter
-TO_HF = {"gpt": gpt2}  # qkv model_type -> converter
+FROM_HF = {gpt2.MODEL_TYPE: gpt2, bert.MODEL_TYPE: bert}  # Hugging Face model_type -> converter
+TO_HF = {"gpt": gpt2, "bert": bert}  # qkv model_type -> converter
 
 
 def is_hf_config(config: dict) -> bool:
