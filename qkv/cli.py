@@ -67,6 +67,38 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from . import load
+    from .embed import embed, max_seq_length, pooling_mode, search
+
+    model, tokenizer = load(args.model_dir)
+    if getattr(tokenizer, "kind", None) != "wordpiece" or not hasattr(model, "pooled"):
+        raise ValueError(f"{args.model_dir} is not a BERT model with a WordPiece tokenizer "
+                         "(tokenizer.json or vocab.txt); qkv embed needs one")
+    options = dict(pooling=pooling_mode(args.model_dir), max_len=max_seq_length(args.model_dir, model),
+                   truncate=args.truncate)
+    if args.search:
+        file = Path(args.search)
+        if not file.is_file():
+            raise ValueError(f"--search {file}: no such file")
+        corpus = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not corpus or len(args.sentences) != 1:
+            raise ValueError("--search FILE needs one query sentence and a file of non-empty lines")
+        q, c = embed(model, tokenizer, args.sentences, **options), embed(model, tokenizer, corpus, **options)
+        for i, score in search(q[0], c, args.top):
+            print(f"{score:.4f}  {corpus[i]}")
+        return 0
+    torch.set_printoptions(precision=4, sci_mode=False)
+    for sentence, vector in zip(args.sentences, embed(model, tokenizer, args.sentences, **options)):
+        print(sentence)
+        print(" ".join(f"{v:.6f}" for v in vector.tolist()))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .train.plot import plot_runs
 
@@ -126,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="which split (default: test)")
     ev.add_argument("--out", metavar="DIR", help="where files the task writes go (default: RUN_DIR/eval-SPLIT)")
     ev.set_defaults(func=cmd_evaluate)
+
+    em = sub.add_parser("embed", help="sentence embeddings from a BERT (e.g. all-MiniLM-L6-v2)",
+                        description="Print mean-pooled, unit-length sentence embeddings (as "
+                                    "sentence-transformers computes them), or with --search rank the "
+                                    "lines of a file by cosine similarity to one query sentence.")
+    em.add_argument("model_dir", help="a BERT model folder, e.g. $QKV_DATA/all-minilm-l6-v2")
+    em.add_argument("sentences", nargs="+", metavar="SENTENCE")
+    em.add_argument("--search", metavar="FILE", help="rank this file's lines (one sentence each) against the query")
+    em.add_argument("--top", type=int, default=5, help="how many matches --search prints (default 5)")
+    em.add_argument("--truncate", action="store_true",
+                    help="cut sentences longer than the model's limit instead of refusing them")
+    em.set_defaults(func=cmd_embed)
 
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import shakespeare
+from . import minilm, shakespeare
 from .errors import DataError
 from .lm import corpus_tokenizer, encode_corpus
 
-DATASETS = {"shakespeare": shakespeare}
+DATASETS = {"shakespeare": shakespeare, "all-minilm-l6-v2": minilm}
 
 
 def data_root(override: str | Path | None = None) -> Path:
