@@ -99,6 +99,18 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_fill_mask(args) -> int:
+    from . import load
+    from .fill_mask import fill_mask
+
+    model, tokenizer = load(args.run_dir)
+    for position, candidates in fill_mask(model, tokenizer, args.text, top=args.top, warn=sys.stderr):
+        print(f"[MASK] #{position}:")
+        for token, p in candidates:
+            print(f"  {p:.4f}  {token}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .train.plot import plot_runs
 
@@ -170,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--truncate", action="store_true",
                     help="cut sentences longer than the model's limit instead of refusing them")
     em.set_defaults(func=cmd_embed)
+
+    fm = sub.add_parser("fill-mask", help="top predictions of a masked-LM BERT for each [MASK]",
+                        description="Print the most likely tokens, with probabilities, for each "
+                                    "[MASK] in the text.")
+    fm.add_argument("run_dir", help="a run directory or BERT model folder with an MLM head and tokenizer")
+    fm.add_argument("text", help='text with one or more [MASK], e.g. "To be or not to [MASK]."')
+    fm.add_argument("--top", type=int, default=5, help="candidates per [MASK] (default 5)")
+    fm.set_defaults(func=cmd_fill_mask)
 
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "

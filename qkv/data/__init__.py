@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import minilm, shakespeare
+from . import brown, minilm, shakespeare
 from .errors import DataError
 from .lm import corpus_tokenizer, encode_corpus
 
-DATASETS = {"shakespeare": shakespeare, "all-minilm-l6-v2": minilm}
+DATASETS = {"shakespeare": shakespeare, "all-minilm-l6-v2": minilm, "brown": brown}
 
 
 def data_root(override: str | Path | None = None) -> Path:

@@ -16,7 +16,16 @@ TO_HF = {"gpt": gpt2, "bert": bert}  # qkv model_type -> converter
 
 
 def is_hf_config(config: dict) -> bool:
-    return config.get("model_type") in FROM_HF
+    """A Hugging Face config.json, not qkv's own (qkv's BERT shares the model_type "bert";
+    qkv's config.json holds only model_type and its config class's fields)."""
+    from dataclasses import fields
+
+    from ..models import MODELS
+
+    if config.get("model_type") not in FROM_HF:
+        return False
+    ours = MODELS.get(config["model_type"])
+    return ours is None or not set(config) - {"model_type"} <= {f.name for f in fields(ours.config_class)}
 
 
 def from_hf(path: str | Path, device: str = "cpu"):

@@ -11,9 +11,10 @@ from ..io import CONFIG, CheckpointError, atomic_write_text, latest_checkpoint, 
 from ..tokenizers import TOKENIZERS
 from .config import RunConfig, incompatible
 from .lm import LanguageModelTask
+from .mlm import MaskedLanguageModelTask
 from .trainer import Trainer
 
-TASKS = {"lm": LanguageModelTask}
+TASKS = {"lm": LanguageModelTask, "mlm": MaskedLanguageModelTask}
 RUN_CONFIG = "run.json"
 
 
