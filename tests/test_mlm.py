@@ -127,3 +127,38 @@ def test_brown_is_split_by_document_and_genre(data_root):
         assert {d["genre"] for d in docs} == {"news", "romance", "learned"}, s
     text = splits["train"][0]["text"]
     assert "/" not in text.split("\n")[0][:80] and "``" not in text
+
+
+CLASSIFY_CONFIG = ROOT / "configs" / "bert-brown-pretrained.toml"
+
+
+def test_classifier_fine_tunes_from_an_mlm_run(mlm_run, tmp_path):
+    from qkv.train.classify import passages
+
+    folder = data.get("brown", source=FIXTURES / "brown", log=lambda *a: None)
+    train_texts, _ = passages(folder, "train", 32)
+    test_texts, _ = passages(folder, "test", 32)
+    assert train_texts and test_texts and not set(train_texts) & set(test_texts)
+    out = tmp_path / "clf"
+    train_run.train(CLASSIFY_CONFIG, [f"model.init={mlm_run}", f"out_dir={out}", "data.passage_words=20",
+                                      "data.max_tokens=32", "train.max_steps=4", "train.batch_size=8",
+                                      "train.eval_interval=2", "train.ckpt_interval=2", "train.warmup_steps=1",
+                                      "train.log_interval=1"], progress=False)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_accuracy" in r] == [2, 4]
+    model, _ = qkv.load(out)
+    assert model.config.head == "classifier" and model.config.num_labels == 3  # the fixture's genres
+    encoder, _ = qkv.load(mlm_run)
+    assert not torch.equal(model.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)
+    results = train_run.evaluate_run(out, "test")
+    assert 0 <= results["accuracy"] <= 1 and results["passages"] > 0 and "news/accuracy" in results
+    assert (out / "eval-test" / "predictions.jsonl").is_file()
+
+
+def test_classifier_refuses_passages_too_long_unless_truncation_is_asked(mlm_run, tmp_path):
+    from qkv.config import ConfigError
+
+    data.get("brown", source=FIXTURES / "brown", log=lambda *a: None)
+    with pytest.raises(ConfigError, match="exceed data.max_tokens=16"):
+        train_run.train(CLASSIFY_CONFIG, [f"model.init={mlm_run}", f"out_dir={tmp_path / 'c'}",
+                                          "data.max_tokens=16", "data.truncate=false"], progress=False)

@@ -10,11 +10,13 @@ from ..config import ConfigError, apply_overrides, load_toml
 from ..io import CONFIG, CheckpointError, atomic_write_text, latest_checkpoint, read_json, save_config
 from ..tokenizers import TOKENIZERS
 from .config import RunConfig, incompatible
+from .classify import ClassificationTask
 from .lm import LanguageModelTask
 from .mlm import MaskedLanguageModelTask
 from .trainer import Trainer
 
-TASKS = {"lm": LanguageModelTask, "mlm": MaskedLanguageModelTask}
+TASKS = {"lm": LanguageModelTask, "mlm": MaskedLanguageModelTask,
+         "classify": ClassificationTask}
 RUN_CONFIG = "run.json"
 
 
