@@ -70,8 +70,6 @@ def cmd_evaluate(args) -> int:
 def cmd_embed(args) -> int:
     from pathlib import Path
 
-    import torch
-
     from . import load
     from .embed import embed, max_seq_length, pooling_mode, search
 
@@ -92,7 +90,6 @@ def cmd_embed(args) -> int:
         for i, score in search(q[0], c, args.top):
             print(f"{score:.4f}  {corpus[i]}")
         return 0
-    torch.set_printoptions(precision=4, sci_mode=False)
     for sentence, vector in zip(args.sentences, embed(model, tokenizer, args.sentences, **options)):
         print(sentence)
         print(" ".join(f"{v:.6f}" for v in vector.tolist()))

@@ -199,7 +199,7 @@ def _file_kind(file: Path) -> str:
     try:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{file} is not a readable tokenizer file ({e})") from e
+        raise TokenizerError(f"{file} is not a readable {file.name} ({e})") from e
     if data.get("type") == "char":
         return "char"
     return {"BPE": "bpe", "WordPiece": "wordpiece"}.get((data.get("model") or {}).get("type"), "unknown")

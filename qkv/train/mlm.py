@@ -156,9 +156,14 @@ class MaskedLanguageModelTask:
         task.data = data = from_dict(MLMDataConfig, run.data, where="data")
         task.tokenizer, task.masker = tokenizer, Masker.for_tokenizer(tokenizer, data.mask_prob, data.whole_word)
         folders = [prepared(name, data.dir or None) for name in data.corpora]
-        results = {f"{k}": v for k, v in masked_metrics(model, task.split_batches(folders, split, 32)).items()}
-        for name, folder in zip(data.corpora, folders):
-            if (folder / f"{split}.txt").is_file():
-                m = masked_metrics(model, task.split_batches([folder], split, 32))
-                results.update({f"{name}/masked_accuracy": m["masked_accuracy"], f"{name}/perplexity": m["perplexity"]})
+        per_corpus = {name: masked_metrics(model, task.split_batches([folder], split, 32))
+                      for name, folder in zip(data.corpora, folders) if (folder / f"{split}.txt").is_file()}
+        if not per_corpus:
+            raise ConfigError(f"none of the corpora {data.corpora} has a {split!r} split")
+        n = sum(m["predicted_tokens"] for m in per_corpus.values())
+        loss = sum(m["loss"] * m["predicted_tokens"] for m in per_corpus.values()) / n
+        accuracy = sum(m["masked_accuracy"] * m["predicted_tokens"] for m in per_corpus.values()) / n
+        results = {"loss": loss, "perplexity": float(np.exp(loss)), "masked_accuracy": accuracy, "predicted_tokens": n}
+        for name, m in per_corpus.items():
+            results.update({f"{name}/masked_accuracy": m["masked_accuracy"], f"{name}/perplexity": m["perplexity"]})
         return results
