@@ -149,6 +149,47 @@ def cmd_average(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from pathlib import Path
+
+    from . import load
+    from .embed import embed, max_seq_length, pooling_mode, search
+
+    model, tokenizer = load(args.model_dir)
+    if getattr(tokenizer, "kind", None) != "wordpiece" or not hasattr(model, "pooled"):
+        raise ValueError(f"{args.model_dir} is not a BERT model with a WordPiece tokenizer "
+                         "(tokenizer.json or vocab.txt); qkv embed needs one")
+    options = dict(pooling=pooling_mode(args.model_dir), max_len=max_seq_length(args.model_dir, model),
+                   truncate=args.truncate)
+    if args.search:
+        file = Path(args.search)
+        if not file.is_file():
+            raise ValueError(f"--search {file}: no such file")
+        corpus = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not corpus or len(args.sentences) != 1:
+            raise ValueError("--search FILE needs one query sentence and a file of non-empty lines")
+        q, c = embed(model, tokenizer, args.sentences, **options), embed(model, tokenizer, corpus, **options)
+        for i, score in search(q[0], c, args.top):
+            print(f"{score:.4f}  {corpus[i]}")
+        return 0
+    for sentence, vector in zip(args.sentences, embed(model, tokenizer, args.sentences, **options)):
+        print(sentence)
+        print(" ".join(f"{v:.6f}" for v in vector.tolist()))
+    return 0
+
+
+def cmd_fill_mask(args) -> int:
+    from . import load
+    from .fill_mask import fill_mask
+
+    model, tokenizer = load(args.run_dir)
+    for position, candidates in fill_mask(model, tokenizer, args.text, top=args.top, warn=sys.stderr):
+        print(f"[MASK] #{position}:")
+        for token, p in candidates:
+            print(f"  {p:.4f}  {token}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .train.plot import plot_runs
 
@@ -251,6 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--last", type=int, default=5, help="how many checkpoints (default 5)")
     av.add_argument("--out", metavar="DIR", help="default: RUN_DIR/averaged-last-N")
     av.set_defaults(func=cmd_average)
+
+    em = sub.add_parser("embed", help="sentence embeddings from a BERT (e.g. all-MiniLM-L6-v2)",
+                        description="Print mean-pooled, unit-length sentence embeddings (as "
+                                    "sentence-transformers computes them), or with --search rank the "
+                                    "lines of a file by cosine similarity to one query sentence.")
+    em.add_argument("model_dir", help="a BERT model folder, e.g. $QKV_DATA/all-minilm-l6-v2")
+    em.add_argument("sentences", nargs="+", metavar="SENTENCE")
+    em.add_argument("--search", metavar="FILE", help="rank this file's lines (one sentence each) against the query")
+    em.add_argument("--top", type=int, default=5, help="how many matches --search prints (default 5)")
+    em.add_argument("--truncate", action="store_true",
+                    help="cut sentences longer than the model's limit instead of refusing them")
+    em.set_defaults(func=cmd_embed)
+
+    fm = sub.add_parser("fill-mask", help="top predictions of a masked-LM BERT for each [MASK]",
+                        description="Print the most likely tokens, with probabilities, for each "
+                                    "[MASK] in the text.")
+    fm.add_argument("run_dir", help="a run directory or BERT model folder with an MLM head and tokenizer")
+    fm.add_argument("text", help='text with one or more [MASK], e.g. "To be or not to [MASK]."')
+    fm.add_argument("--top", type=int, default=5, help="candidates per [MASK] (default 5)")
+    fm.set_defaults(func=cmd_fill_mask)
 
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "

@@ -159,10 +159,12 @@ def find_tokenizer(directory: str | Path):
     directory = Path(directory)
     for candidate in (directory, *directory.parents[:2]):
         for cls in TOKENIZERS.values():
-            if (candidate / cls.filename).is_file():
+            if (candidate / cls.filename).is_file() and _file_kind(candidate / cls.filename) == cls.kind:
                 return cls.load(candidate / cls.filename)
         if (candidate / "vocab.json").is_file() and (candidate / "merges.txt").is_file():
             return BPETokenizer.from_vocab_merges(candidate / "vocab.json", candidate / "merges.txt")
+        if (candidate / "vocab.txt").is_file():
+            return WordPieceTokenizer.from_vocab(candidate / "vocab.txt")
     return None
 
 
@@ -215,3 +217,127 @@ def special_ids(tokenizer) -> dict[str, int]:
     if None in ids.values():
         raise TokenizerError(f"this tokenizer lacks the translation special tokens {PAD}, {BOS}, {EOT}")
     return ids
+
+
+# -- WordPiece (BERT) -------------------------------------------------------------------
+
+def _file_kind(file: Path) -> str:
+    """Which qkv tokenizer a file holds: "char", or a tokenizer.json's model ("bpe", "wordpiece")."""
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{file} is not a readable {file.name} ({e})") from e
+    if data.get("type") == "char":
+        return "char"
+    return {"BPE": "bpe", "WordPiece": "wordpiece"}.get((data.get("model") or {}).get("type"), "unknown")
+
+
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class WordPieceTokenizer:
+    """BERT's WordPiece (Wu et al., 2016; Devlin et al., 2019): Unicode-normalised,
+    optionally lowercased words split greedily into the longest known pieces; pieces
+    after the first carry the ``##`` prefix. Unknown words become ``[UNK]``.
+
+    ``encode(text)`` gives the pieces only; ``encode(text, special=True)`` wraps them as
+    ``[CLS] ... [SEP]``. A checkpoint's truncation and padding settings are switched off:
+    qkv never truncates silently.
+    """
+
+    kind = "wordpiece"
+    filename = "tokenizer.json"
+
+    def __init__(self, tokenizer: Tokenizer):
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self.tokenizer = tokenizer
+        ids = {t: tokenizer.token_to_id(t) for t in BERT_SPECIALS}
+        self.pad_token_id, self.unk_token_id, self.cls_token_id, self.sep_token_id, self.mask_token_id = ids.values()
+        self.special_ids = sorted(i for i in ids.values() if i is not None)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> "WordPieceTokenizer":
+        from tokenizers import normalizers, processors
+
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS),
+                                            show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
+        return cls(tok)
+
+    @classmethod
+    def from_vocab(cls, vocab: Path) -> "WordPieceTokenizer":
+        """A checkpoint's ``vocab.txt`` (one piece per line); lowercasing as its
+        ``tokenizer_config.json`` says (``do_lower_case``, default true)."""
+        from tokenizers import normalizers
+
+        config = vocab.parent / "tokenizer_config.json"
+        lowercase = json.loads(config.read_text()).get("do_lower_case", True) if config.is_file() else True
+        try:
+            tok = Tokenizer(models.WordPiece.from_file(str(vocab), unk_token="[UNK]"))
+        except Exception as e:
+            raise TokenizerError(f"{vocab} is not a readable WordPiece vocabulary ({e})") from e
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        tok.add_special_tokens([t for t in BERT_SPECIALS if tok.token_to_id(t) is not None])
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def eos_token_id(self) -> None:
+        return None
+
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if special:
+            if self.cls_token_id is None or self.sep_token_id is None:
+                raise TokenizerError("this vocabulary has no [CLS] / [SEP] tokens")
+            return [self.cls_token_id, *ids, self.sep_token_id]
+        return ids
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` that encode as [UNK] (nothing is known about them)."""
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        return [text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == self.unk_token_id]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def id_to_token(self, i: int) -> str:
+        return self.tokenizer.id_to_token(i)
+
+    def word_starts(self):
+        """(vocab_size,) bool numpy array: True for pieces that begin a word (no ``##``)."""
+        import numpy as np
+
+        starts = np.ones(self.vocab_size, dtype=bool)
+        for piece, i in self.tokenizer.get_vocab().items():
+            starts[i] = not piece.startswith("##")
+        return starts
+
+    @property
+    def fingerprint(self) -> str:
+        return f"wordpiece-{_fingerprint(self.tokenizer.to_str())}"
+
+    def save(self, directory: str | Path) -> None:
+        atomic_write_text(Path(directory) / self.filename, self.tokenizer.to_str())
+
+    @classmethod
+    def load(cls, file: Path) -> "WordPieceTokenizer":
+        try:
+            return cls(Tokenizer.from_file(str(file)))
+        except Exception as e:
+            raise TokenizerError(f"{file} is not a readable tokenizer.json ({e})") from e
+
+
+TOKENIZERS[WordPieceTokenizer.kind] = WordPieceTokenizer

@@ -9,17 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError
-from . import gpt2, hf, marian, vit
+from . import bert, gpt2, hf, marian, vit
 
 # Hugging Face model_type -> converter
-FROM_HF = {gpt2.MODEL_TYPE: gpt2, marian.MODEL_TYPE: marian, vit.MODEL_TYPE: vit}
-TO_HF = {"gpt": gpt2, "transformer": marian, "vit": vit}  # qkv model_type -> converter
+FROM_HF = {gpt2.MODEL_TYPE: gpt2, bert.MODEL_TYPE: bert, marian.MODEL_TYPE: marian, vit.MODEL_TYPE: vit}
+TO_HF = {"gpt": gpt2, "bert": bert, "transformer": marian, "vit": vit}  # qkv model_type -> converter
 
 
 def is_hf_config(config: dict) -> bool:
-    if config.get("model_type") in TO_HF and not {"architectures", "transformers_version"} & set(config):
-        return False  # qkv's own config.json ("vit" is both a qkv and a Hugging Face model_type)
-    return config.get("model_type") in FROM_HF
+    """A Hugging Face config.json, not qkv's own. qkv's BERT and ViT share Hugging Face's
+    model_type names; qkv's config.json holds only model_type and its config class's
+    fields, while Hugging Face's carries transformers_version, architectures and more."""
+    from dataclasses import fields
+
+    from ..models import MODELS
+
+    if config.get("model_type") not in FROM_HF:
+        return False
+    if {"architectures", "transformers_version"} & set(config):
+        return True
+    ours = MODELS.get(config["model_type"])
+    return ours is None or not set(config) - {"model_type"} <= {f.name for f in fields(ours.config_class)}
 
 
 def from_hf(path: str | Path, device: str = "cpu"):

@@ -13,11 +13,13 @@ from .config import RunConfig, incompatible
 from . import distributed
 from .image_classification import ImageClassificationTask
 from .lm import LanguageModelTask
+from .mlm import MaskedLanguageModelTask
+from .text_classification import TextClassificationTask
 from .trainer import Trainer, resolve_device
 from .translation import TranslationTask
 
-TASKS = {"lm": LanguageModelTask, "translation": TranslationTask,
-         "image_classification": ImageClassificationTask}
+TASKS = {"lm": LanguageModelTask, "mlm": MaskedLanguageModelTask, "translation": TranslationTask,
+         "text_classification": TextClassificationTask, "image_classification": ImageClassificationTask}
 RUN_CONFIG = "run.json"
 
 
