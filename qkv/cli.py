@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
-    from .io import CheckpointError
+    from .errors import CheckpointError
     from .tokenizers import TokenizerError
     from .train import TrainingInterrupted
     from .train.distributed import DistributedFailure

@@ -9,11 +9,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration the user wrote cannot be used; the message says why and what to do."""
 
 
 def field_names(cls) -> list[str]:

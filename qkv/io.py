@@ -1,4 +1,4 @@
-"""Saving and loading: atomic writes, model directories, and ``qkv.load``.
+"""Saving and loading model directories, and ``qkv.load``.
 
 A model directory holds ``config.json`` (``model_type`` plus the config's fields) and
 ``model.safetensors``. A run directory holds ``config.json``, the tokenizer and
@@ -8,42 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import safetensors.torch
 from torch import nn
 
-from .config import ConfigError, from_dict
+from .config import from_dict
+from .errors import CheckpointError, ConfigError
+from .files import atomic_write, atomic_write_text, read_json
 
 WEIGHTS = "model.safetensors"
 SHARDED = "sharded"  # an FSDP checkpoint: torch.distributed.checkpoint's files, one per rank
 CONFIG = "config.json"
 LATEST = "latest"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or model directory is missing, incomplete or corrupt."""
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then
-    rename it over ``path``: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_config(model: nn.Module, directory: str | Path) -> None:
@@ -70,13 +49,6 @@ def build_model(config: dict):
         raise ConfigError(f"unknown model_type {model_type!r}; qkv knows {sorted(MODELS)}")
     cls = MODELS[model_type]
     return cls(from_dict(cls.config_class, config, where="model"))
-
-
-def read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON ({e})") from e
 
 
 def read_config(directory: Path) -> dict:

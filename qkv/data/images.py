@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from .errors import DataError
 
 META = "meta.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import atomic_write
+from ..files import atomic_write
 from ..tokenizers import BPETokenizer, CharTokenizer
 from .errors import DataError
 

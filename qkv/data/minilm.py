@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..io import atomic_write
+from ..files import atomic_write
 from .errors import DataError
 from .fetch import pip_download
 

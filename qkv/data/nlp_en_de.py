@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from .errors import DataError
 from .fetch import npm_pack
 

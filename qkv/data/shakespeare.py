@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ..files import atomic_write_text
 from .errors import DataError
 from .fetch import extract_matching, pip_download
 

@@ -8,7 +8,8 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from ..io import CheckpointError, atomic_write, atomic_write_text, read_json
+from ..files import atomic_write, atomic_write_text, read_json
+from ..errors import CheckpointError
 
 SAFETENSORS, SHARD_INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError
-from ..io import atomic_write_text, read_json
+from ..files import atomic_write_text, read_json
 from ..models.vit import ViT, ViTConfig
 from ..nn import ACTIVATIONS
 from .hf import GENERIC_CONFIG_KEYS

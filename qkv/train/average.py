@@ -7,7 +7,9 @@ from pathlib import Path
 
 import safetensors.torch
 
-from ..io import CONFIG, WEIGHTS, CheckpointError, atomic_write
+from ..files import atomic_write
+from ..errors import CheckpointError
+from ..io import CONFIG, WEIGHTS
 from ..tokenizers import TOKENIZERS
 
 

@@ -22,8 +22,9 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ..io import (LATEST, SHARDED, CheckpointError, atomic_write, atomic_write_text, latest_checkpoint,
-                  load_weights, save_config, save_model)
+from ..files import fsync_dir, atomic_write, atomic_write_text
+from ..errors import CheckpointError
+from ..io import LATEST, SHARDED, latest_checkpoint, load_weights, save_config, save_model
 from .distributed import barrier
 
 OPTIMIZER = "optimizer.pt"
@@ -45,14 +46,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(tensors("torch")[0])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(tensors("cuda"))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_main() -> bool:
@@ -85,7 +78,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, state: dict, kee
                 atomic_write(tmp / OPTIMIZER, lambda f: torch.save(optimizer.state_dict(), f))
             atomic_write_text(tmp / STATE, json.dumps({**state, "rng": rng_state()}) + "\n")
             os.rename(tmp, final)
-            _fsync_dir(root)
+            fsync_dir(root)
     if _is_main():
         atomic_write_text(root / LATEST, final.name + "\n")
         for old in sorted(root.glob("step-*"))[:-keep]:

@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, apply_overrides, load_toml
-from ..io import CONFIG, CheckpointError, atomic_write_text, latest_checkpoint, read_json, save_config
+from ..files import atomic_write_text, read_json
+from ..errors import CheckpointError
+from ..io import CONFIG, latest_checkpoint, save_config
 from ..tokenizers import TOKENIZERS
 from .config import RunConfig, incompatible
 from . import distributed

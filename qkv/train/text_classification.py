@@ -22,7 +22,8 @@ import torch
 from ..config import ConfigError, from_dict
 from ..data import brown, data_root, prepared
 from ..data.lm import _mix64
-from ..io import atomic_write_text, load
+from ..files import atomic_write_text
+from ..io import load
 from ..models.bert import BERT, BERTConfig
 from .config import RunConfig
 

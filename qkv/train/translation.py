@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from ..config import ConfigError, from_dict
 from ..data import data_root, dataset_module
 from ..data.translation import TokenBatches, encode_pairs, joint_tokenizer, read_pairs
-from ..io import atomic_write_text, build_model, load
+from ..files import atomic_write_text
+from ..io import build_model, load
 from ..tokenizers import find_tokenizer, special_ids
 from ..translate import SEQ2SEQ, check_seq2seq, translate_texts
 from .config import RunConfig
