@@ -57,7 +57,7 @@ def decode(model, src, beam: int, hf: bool):
         out = model.generate(src, num_beams=beam, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
                              length_penalty=0.6, early_stopping=False)
         return out[:, 1:].tolist()  # drop the decoder start token
-    from qkv.generate import translate
+    from qkv.inference.translate import translate
 
     return translate(model, src, beam=beam, max_new_tokens=NEW)
 

@@ -48,7 +48,7 @@ def build(preset: str):
 
 
 def train_step(model, opt, x, y, hf: bool):
-    loss = model(pixel_values=x, labels=y).loss if hf else model(x, y)[1]
+    loss = model(pixel_values=x, labels=y).loss if hf else model(x, labels=y)[1]
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -4,6 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .device import resolve_device
+from .errors import ConfigError, QkvError
+
+
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
 EPILOG = """examples:
   qkv data get shakespeare
   qkv train configs/gpt-shakespeare-char.toml --set train.max_steps=200
@@ -58,10 +65,14 @@ def cmd_generate(args) -> int:
     import torch
 
     from . import load
-    from .generate import stream
+    from .inference import stream
+    from .inference.generate import check_sampling
     from .tokenizers import StreamDecoder
 
-    model, tokenizer = load(args.run_dir, device=args.device)
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    model, tokenizer = load(args.run_dir, device=resolve_device(args.device))
     if not hasattr(model, "generate"):
         raise ValueError(f"{args.run_dir} holds a {model.model_type!r} model, not a language model; "
                          "for translation use `qkv translate`")
@@ -82,11 +93,27 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def task_options(run_dir: str, rest: list[str], parser: argparse.ArgumentParser) -> dict:
+    """The options of ``qkv evaluate`` that belong to the run's task (``Task.options``):
+    parsed from what the common options left; one the task does not declare is a usage error."""
+    from .tasks import task_class
+    from .train.config import read_run
+
+    task = task_class(read_run(run_dir).task)
+    own = argparse.ArgumentParser(prog=f"{parser.prog} ({task.name} run)", add_help=False)
+    for o in task.options:
+        own.add_argument(o.flag, dest=o.name, type=o.type, default=o.default, help=o.help)
+    values, unknown = own.parse_known_args(rest)
+    if unknown:
+        takes = ", ".join(o.flag for o in task.options) or "no options of its own"
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (a {task.name} run's evaluate takes {takes})")
+    return vars(values)
+
+
 def cmd_evaluate(args) -> int:
     from .train.run import evaluate_run
 
-    options = {k: getattr(args, k) for k in ("beam", "length_penalty", "max_sentences")
-               if getattr(args, k) is not None}  # translation options, passed only when given
+    options = task_options(args.run_dir, args.task_options, args.parser)
     results = evaluate_run(args.run_dir, args.split, args.out, **options)
     width = max(map(len, results))
     for name, value in results.items():
@@ -110,9 +137,11 @@ def cmd_export(args) -> int:
 
 def cmd_classify(args) -> int:
     from . import load
-    from .classify import classify
+    from .inference import classify
 
-    model, _ = load(args.run_dir, device=args.device)
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
+    model, _ = load(args.run_dir, device=resolve_device(args.device))
     for path, top in zip(args.images, classify(model, args.images, args.top)):
         print(path)
         for name, p in top:
@@ -122,23 +151,17 @@ def cmd_classify(args) -> int:
 
 def cmd_translate(args) -> int:
     from . import load
-    from .translate import check_seq2seq, translate_texts
+    from .inference import check_seq2seq, translate_texts
 
-    model, tokenizer = load(args.run_dir, device=args.device)
+    if args.beam < 1:
+        raise ConfigError(f"--beam must be at least 1, got {args.beam}")
+    model, tokenizer = load(args.run_dir, device=resolve_device(args.device))
     check_seq2seq(model, args.run_dir)
     if tokenizer is None:
-        raise ValueError(f"{args.run_dir} has no tokenizer file; qkv translate needs one")
+        raise ConfigError(f"{args.run_dir} has no tokenizer file; qkv translate needs one")
     options = dict(beam=args.beam, length_penalty=args.length_penalty, max_new_tokens=args.max_new_tokens)
-    if args.text:
-        for line in translate_texts(model, tokenizer, args.text, **options):
-            print(line)
-        return 0
-    lines = sys.stdin.read().splitlines()  # empty lines stay empty: the output aligns with the input
-    full = [i for i, line in enumerate(lines) if line.strip()]
-    out = [""] * len(lines)
-    for i, hyp in zip(full, translate_texts(model, tokenizer, [lines[i] for i in full], **options)):
-        out[i] = hyp
-    sys.stdout.write("".join(line + "\n" for line in out))
+    lines = args.text or sys.stdin.read().splitlines()  # empty lines give empty lines: the output aligns
+    sys.stdout.write("".join(line + "\n" for line in translate_texts(model, tokenizer, lines, **options)))
     return 0
 
 
@@ -153,7 +176,7 @@ def cmd_embed(args) -> int:
     from pathlib import Path
 
     from . import load
-    from .embed import embed, max_seq_length, pooling_mode, search
+    from .inference.embed import embed, max_seq_length, pooling_mode, search
 
     model, tokenizer = load(args.model_dir)
     if getattr(tokenizer, "kind", None) != "wordpiece" or not hasattr(model, "pooled"):
@@ -180,7 +203,7 @@ def cmd_embed(args) -> int:
 
 def cmd_fill_mask(args) -> int:
     from . import load
-    from .fill_mask import fill_mask
+    from .inference import fill_mask
 
     model, tokenizer = load(args.run_dir)
     for position, candidates in fill_mask(model, tokenizer, args.text, top=args.top, warn=sys.stderr):
@@ -248,14 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a trained run on a split of its data",
                         description="Score a run's latest checkpoint on one split of its data set; "
-                                    "the metrics depend on the task (loss and perplexity for lm).")
+                                    "the metrics depend on the task (loss and perplexity for lm). A task "
+                                    "may take options of its own: a translation run takes --beam N "
+                                    "(default 4), --length-penalty ALPHA (0.6) and --max-sentences N.")
     ev.add_argument("run_dir", help="a run directory written by `qkv train`")
     ev.add_argument("--split", default="test", help="which split (default: test)")
     ev.add_argument("--out", metavar="DIR", help="where files the task writes go (default: RUN_DIR/eval-SPLIT)")
-    ev.add_argument("--beam", type=int, help="translation: beam size (1 = greedy; default 4)")
-    ev.add_argument("--length-penalty", type=float, help="translation: alpha of the length penalty (default 0.6)")
-    ev.add_argument("--max-sentences", type=int, help="translation: score only the first N sentences")
-    ev.set_defaults(func=cmd_evaluate)
+    ev.set_defaults(func=cmd_evaluate, parser=ev)
 
     x = sub.add_parser("export", help="write a run's latest checkpoint as one model directory",
                        description="Gather the latest checkpoint of a run (whole, or sharded by FSDP "
@@ -324,14 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .data import DataError
-    from .errors import CheckpointError
-    from .tokenizers import TokenizerError
     from .train import TrainingInterrupted
     from .train.distributed import DistributedFailure
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "evaluate":  # evaluate's own depend on the run's task
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.task_options = extra
     try:
         return args.func(args)
     except TrainingInterrupted as e:
@@ -341,6 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qkv {args.command}: {e}. The job stops; its last complete checkpoint stands: "
               "run the same command again to resume.", file=sys.stderr)
         return 1
-    except (ConfigError, DataError, CheckpointError, TokenizerError, ValueError) as e:
-        print(f"qkv {args.command}: error: {e}", file=sys.stderr)
+    except (QkvError, ValueError) as e:  # bad input: one line that says what to do
+        print(f"qkv {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -24,3 +24,7 @@ class TokenizerError(QkvError, ValueError):
 
 class WriteError(QkvError, OSError):
     """A file could not be written: a read-only folder, a full disk."""
+
+
+class TrainingDiverged(QkvError, RuntimeError):
+    """The loss or the gradient stopped being finite; the last good checkpoint is kept."""

@@ -40,17 +40,6 @@ def save_model(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
-def build_model(config: dict):
-    from .models import MODELS
-
-    config = dict(config)
-    model_type = config.pop("model_type", None)
-    if model_type not in MODELS:
-        raise ConfigError(f"unknown model_type {model_type!r}; qkv knows {sorted(MODELS)}")
-    cls = MODELS[model_type]
-    return cls(from_dict(cls.config_class, config, where="model"))
-
-
 def read_config(directory: Path) -> dict:
     """config.json of a model directory, or of the run a checkpoint directory belongs to."""
     for candidate in (directory, *directory.parents[:2]):
@@ -104,21 +93,40 @@ def load_sharded_weights(model: nn.Module, folder: Path) -> None:
     model.load_state_dict(state["model"])
 
 
+def check_shapes(model: nn.Module, file: Path) -> None:
+    """Every tensor the model needs, present in ``file`` with the shape its config gives."""
+    with safetensors.safe_open(str(file), framework="pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    state = model.state_dict()
+    wanted = {k: tuple(v.shape) for k, v in state.items()}
+    shared: dict[int, list[str]] = {}  # tied weights are saved once, under one of their names
+    for k, v in state.items():
+        shared.setdefault(v.data_ptr(), []).append(k)
+    present = {k for names in shared.values() if set(names) & set(saved) for k in names}
+    missing, unexpected = sorted(set(wanted) - present), sorted(set(saved) - set(wanted))
+    if missing or unexpected:
+        raise CheckpointError(f"{file} does not match its config: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}; it was saved from another model")
+    for name in wanted:
+        if name in saved and saved[name] != wanted[name]:
+            raise CheckpointError(f"{file} does not match its config: tensor {name} has shape {saved[name]} "
+                                  f"in the file but {wanted[name]} in the model the config describes; "
+                                  "restore the config.json that was saved with these weights")
+
+
 def load_weights(model: nn.Module, file: Path) -> None:
     if file.is_dir():
         return load_sharded_weights(model, file)
     try:
-        missing, unexpected = safetensors.torch.load_model(model, str(file), strict=False)
+        check_shapes(model, file)
+        safetensors.torch.load_model(model, str(file), strict=False)
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises several types for truncated/garbled files
         raise CheckpointError(
-            f"{file} is corrupt or incomplete ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            f"{file} is corrupt or incomplete ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
             "restore it or load an earlier checkpoint"
         ) from e
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{file} does not match its config: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
 
 
 class Loaded(NamedTuple):
@@ -139,6 +147,8 @@ def load(path: str | Path, device: str = "cpu") -> Loaded:
     config = read_config(path)
     if is_hf_config(config):  # a Hugging Face directory
         return Loaded(from_hf(path, device), find_tokenizer(path))
-    model = build_model(config)
+    from .models import from_config
+
+    model = from_config(config)
     load_weights(model, weights_path(path))
     return Loaded(model.to(device).eval(), find_tokenizer(path))

@@ -21,8 +21,8 @@ def main() -> None:
 
     from qkv.config import from_dict
     from qkv.data import prepared
-    from qkv.train.text_classification import ClassifyDataConfig, passages
-    from qkv.train.run import load_run_config
+    from qkv.tasks.text_classification import ClassifyDataConfig, passages
+    from qkv.train.config import load_run_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/bert-brown-minilm.toml")

@@ -14,7 +14,7 @@ BPE_CONFIG = ROOT / "configs" / "gpt-shakespeare-bpe.toml"
 # The real presets, shrunk so that a run takes seconds on the fixture.
 TINY = [
     "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-    "data.block_size=32", "train.batch_size=8", "train.warmup_steps=5", "train.log_interval=1",
+    "data.seq_len=32", "train.batch_size=8", "train.warmup_steps=5", "train.log_interval=1",
     "train.eval_interval=5", "train.eval_batches=2", "train.ckpt_interval=5",
 ]
 

@@ -1,11 +1,10 @@
 """qkv.BERT against transformers' BERT: same outputs from the same checkpoint, both ways."""
 import pytest
 import torch
+import transformers
 
 import qkv
 from qkv.config import ConfigError
-
-transformers = pytest.importorskip("transformers")
 
 HF_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)

@@ -1,10 +1,12 @@
 """WordPiece tokenizers and `qkv embed` against sentence-transformers, on a tiny random BERT."""
 import pytest
+import sentence_transformers as st
 import torch
+import transformers
 
 import qkv
 from qkv import cli
-from qkv.embed import embed, pooling_mode
+from qkv.inference.embed import embed, pooling_mode
 from qkv.tokenizers import TokenizerError, WordPieceTokenizer, find_tokenizer
 
 from .conftest import FIXTURES
@@ -23,8 +25,6 @@ def wordpiece():
 def st_dir(tmp_path_factory, wordpiece):
     """A sentence-transformers folder (modules.json, 1_Pooling, Normalize) around a tiny
     random BertModel whose vocabulary is the WordPiece above."""
-    st = pytest.importorskip("sentence_transformers")
-    transformers = pytest.importorskip("transformers")
     hf_dir, out = tmp_path_factory.mktemp("hf"), tmp_path_factory.mktemp("st")
     cfg = transformers.BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=48, max_position_embeddings=64)
@@ -58,7 +58,6 @@ def test_vocab_txt_and_tokenizer_json_agree(st_dir, wordpiece):
 
 
 def test_embeddings_equal_sentence_transformers(st_dir):
-    st = pytest.importorskip("sentence_transformers")
     theirs = torch.tensor(st.SentenceTransformer(str(st_dir), device="cpu").encode(SENTENCES))
     model, tokenizer = qkv.load(st_dir)
     ours = embed(model, tokenizer, SENTENCES, pooling=pooling_mode(st_dir))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qkv import GPT, GPTConfig
-from qkv.generate import generate, sample_next
+from qkv.inference.generate import generate, sample_next
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import torch
 
 import qkv
 from qkv import GPT, GPTConfig
-from qkv.io import CheckpointError
+from qkv.errors import CheckpointError
 
 
 def tiny(**kw):
@@ -14,7 +14,7 @@ def test_logits_shape_and_loss():
     model = tiny()
     x, y = torch.randint(0, 50, (3, 10)), torch.randint(0, 50, (3, 10))
     assert model(x).shape == (3, 10, 50)
-    logits, loss = model(x, y)
+    logits, loss = model(x, labels=y)
     assert logits.shape == (3, 10, 50) and loss.ndim == 0
     assert loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
 
@@ -102,7 +102,8 @@ def test_loss_falls_on_real_text(data_root):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for step in range(40):
-        _, loss = model(*windows.batch(step * 16, 16))
+        x, y = windows.batch(step * 16, 16)
+        _, loss = model(x, labels=y)
         loss.backward()
         opt.step()
         opt.zero_grad()

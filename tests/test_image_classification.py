@@ -10,9 +10,9 @@ from PIL import Image
 import qkv
 from qkv import data
 from qkv.cli import main
-from qkv.train.image_classification import ImageDataConfig, augment
+from qkv.tasks.image_classification import ImageDataConfig, augment
 from qkv.train.metrics import read_metrics
-from qkv.train.run import load_run_config
+from qkv.train.config import load_run_config
 
 from .conftest import FIXTURES, ROOT
 
@@ -48,7 +48,7 @@ def test_training_logs_and_saves_what_inference_needs(fashion_run):
     records = read_metrics(fashion_run / "metrics.jsonl")
     assert [r["step"] for r in records if "val_acc" in r] == [3, 6]
     config = json.loads((fashion_run / "config.json").read_text())
-    assert config["labels"][0] == "T-shirt/top" and config["num_channels"] == 1
+    assert config["class_names"][0] == "T-shirt/top" and config["num_channels"] == 1
     assert 0.1 < config["image_mean"][0] < 0.5  # measured on the training images
     model, tokenizer = qkv.load(fashion_run)
     assert isinstance(model, qkv.ViT) and tokenizer is None
@@ -98,9 +98,13 @@ def test_augmentation_is_batched_and_repeatable():
 
 
 def test_config_errors(image_data, tmp_path):
+    task = qkv.tasks.TASKS["image_classification"]
     run = load_run_config(ROOT / "configs" / "vit-mnist.toml", ["model.preset=vit-huge"])
-    with pytest.raises(qkv.config.ConfigError, match="unknown model.preset"):
-        qkv.train.TASKS["image_classification"](run, tmp_path)
+    with pytest.raises(qkv.config.ConfigError, match="unknown model 'vit-huge'; .*presets .*vit-28-small"):
+        task.for_training(run, tmp_path)
     run = load_run_config(ROOT / "configs" / "vit-mnist.toml", ["model.num_channels=3"])
-    with pytest.raises(qkv.config.ConfigError, match=r"1-channel 28x28 images in 10 classes, but \[model\] sets num_channels=3"):
-        qkv.train.TASKS["image_classification"](run, tmp_path)
+    with pytest.raises(qkv.config.ConfigError, match=r"\[model\] sets num_channels=3, but the data dictates num_channels=1"):
+        task.for_training(run, tmp_path)
+    run = load_run_config(ROOT / "configs" / "vit-mnist.toml", ["model.preset=gpt2"])
+    with pytest.raises(qkv.config.ConfigError, match=r"role 'image_classifier' \(vit\), not 'gpt'"):
+        task.for_training(run, tmp_path)

@@ -14,7 +14,7 @@ from .conftest import FIXTURES, ROOT
 
 MLM_CONFIG = ROOT / "configs" / "bert-mlm-small.toml"
 TINY_MLM = [
-    "data.vocab_size=300", "data.block_size=32", "model.hidden_size=32", "model.num_hidden_layers=2",
+    "data.vocab_size=300", "data.seq_len=32", "model.hidden_size=32", "model.num_hidden_layers=2",
     "model.num_attention_heads=2", "model.intermediate_size=64", "model.max_position_embeddings=32",
     "train.batch_size=8", "train.max_steps=6", "train.warmup_steps=2", "train.log_interval=1",
     "train.eval_interval=3", "train.eval_batches=2", "train.ckpt_interval=3",
@@ -133,7 +133,7 @@ CLASSIFY_CONFIG = ROOT / "configs" / "bert-brown-pretrained.toml"
 
 
 def test_classifier_fine_tunes_from_an_mlm_run(mlm_run, tmp_path):
-    from qkv.train.text_classification import passages
+    from qkv.tasks.text_classification import passages
 
     folder = data.get("brown", source=FIXTURES / "brown", log=lambda *a: None)
     train_texts, _ = passages(folder, "train", 32)

@@ -6,11 +6,11 @@ import torch
 
 import qkv
 from qkv.config import ConfigError
-from qkv.io import CheckpointError
+from qkv.errors import CheckpointError
 from qkv.tokenizers import BPETokenizer, CharTokenizer
 from qkv.train import TrainConfig, TrainingInterrupted, train
 from qkv.train import checkpoint as checkpoint_module
-from qkv.train.lm import LanguageModelTask
+from qkv.tasks.lm import LanguageModelTask
 from qkv.train.metrics import read_metrics
 from qkv.train.optim import learning_rate
 
@@ -96,7 +96,7 @@ def test_resume_refuses_an_incompatible_config(data_root, tmp_path):
     run(tmp_path, "train.max_steps=5")
     with pytest.raises(ConfigError, match=r"cannot resume.*model\.n_layer: 2 -> 3.*out_dir"):
         run(tmp_path, "train.max_steps=10", "model.n_layer=3")
-    run(tmp_path, "train.max_steps=8", "train.lr=1e-4")  # a longer or gentler run is fine
+    run(tmp_path, "train.max_steps=8", "train.lr=1e-4", "train.min_lr=1e-5")  # a longer or gentler run is fine
 
 
 def test_config_errors_name_the_problem(data_root, tmp_path):
@@ -104,8 +104,8 @@ def test_config_errors_name_the_problem(data_root, tmp_path):
         run(tmp_path, "train.max_stepz=3")
     with pytest.raises(ConfigError, match=r"n_layers.*n_layer"):
         run(tmp_path, "model.n_layers=3")
-    with pytest.raises(ConfigError, match=r"data.block_size=64 exceeds the model's context"):
-        run(tmp_path, "data.block_size=64")
+    with pytest.raises(ConfigError, match=r"data.seq_len=64 exceeds the model's context"):
+        run(tmp_path, "data.seq_len=64")
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
         run(tmp_path, name="fresh", resume=True)
     with pytest.raises(ConfigError, match="needs a CUDA device"):

@@ -1,18 +1,18 @@
 """qkv.Transformer: against Hugging Face MarianMTModel, padding, KV-cache decoding."""
 import pytest
 import torch
+import transformers
 
 import qkv
 from qkv import Transformer, TransformerConfig
 from qkv.config import ConfigError
-from qkv.generate import beam_search, translate
+from qkv.inference.translate import beam_search, translate
 
 TINY = dict(vocab_size=40, max_position_embeddings=32, d_model=16, encoder_layers=2, decoder_layers=2,
             n_head=2, ffn_dim=24, dropout=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
 def marian(**overrides):
-    transformers = pytest.importorskip("transformers")
     cfg = dict(vocab_size=40, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
                decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, max_position_embeddings=32,
                pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, dropout=0.0,
@@ -51,7 +51,6 @@ def test_from_hf_matches_marian(tmp_path, scale_embedding):
 
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_save_hf_loads_in_transformers(tmp_path, interleaved):
-    transformers = pytest.importorskip("transformers")
     model = Transformer(TransformerConfig(**TINY, interleaved_positions=interleaved, activation="gelu")).eval()
     with torch.no_grad():
         model.final_logits_bias.normal_()
@@ -147,6 +146,6 @@ def test_too_long_and_bad_inputs():
         model(torch.ones(1, 40, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="integer tensor"):
         model(torch.ones(1, 4), torch.ones(1, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="preset"):
-        TransformerConfig.preset("huge")
-    assert TransformerConfig.preset("base").d_model == 512
+    with pytest.raises(ValueError, match="unknown model 'huge'.*transformer-base"):
+        qkv.models.build("huge")
+    assert qkv.models.build("transformer-base", vocab_size=100).config.d_model == 512

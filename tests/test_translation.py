@@ -125,19 +125,22 @@ def test_translate_reads_stdin_and_keeps_empty_lines(run_dir, capsys, monkeypatc
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
 
 
-def test_bad_input_is_a_clear_error(run_dir, data_root, tmp_path, capsys):
-    assert cli.main(["translate", str(run_dir), ""]) == 2
-    assert "line 1 is empty" in capsys.readouterr().err
+def test_bad_input_is_a_clear_error(run_dir, data_root, tmp_path, capsys, monkeypatch):
+    import io
+
     assert cli.main(["translate", str(run_dir), "word " * 300]) == 2
     assert "max_position_embeddings" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("In the beginning\n\n" + "word " * 300 + "\n"))
+    assert cli.main(["translate", str(run_dir)]) == 2
+    assert "line 3 has" in capsys.readouterr().err  # empty lines are counted
     assert cli.main(["translate", str(run_dir), "x", "--beam", "0"]) == 2
-    assert "beam must be >= 1" in capsys.readouterr().err
+    assert "--beam must be at least 1" in capsys.readouterr().err
     lm = tmp_path / "lm"
     train(ROOT / "configs" / "gpt-shakespeare-char.toml",
           [*LM_TINY, "train.max_steps=1", f"out_dir={lm}"], progress=False)
     assert cli.main(["translate", str(lm), "hello"]) == 2
-    assert "not a translation model" in capsys.readouterr().err
-    with pytest.raises(qkv.config.ConfigError, match="batch_size to the number of processes"):
+    assert "not a translation (seq2seq) model" in capsys.readouterr().err
+    with pytest.raises(qkv.config.ConfigError, match="batches by tokens.*remove train.batch_size"):
         train(CONFIG, [*TINY, "train.batch_size=2", f"out_dir={tmp_path / 'x'}"], progress=False)
     with pytest.raises(qkv.config.ConfigError, match="not a parallel corpus"):
         train(CONFIG, [*TINY, "data.name=shakespeare", f"out_dir={tmp_path / 'y'}"], progress=False)

@@ -66,7 +66,7 @@ def test_vit_model_with_pooler_matches_transformers(tmp_path):
 def test_save_hf_round_trips(tmp_path):
     config = qkv.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
                            num_attention_heads=4, intermediate_size=64, num_labels=4,
-                           labels=["cat", "dog", "cow", "owl"], image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4])
+                           class_names=["cat", "dog", "cow", "owl"], image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4])
     model = perturbed(qkv.ViT(config))
     model.save_hf(tmp_path)
     hf = transformers.AutoModelForImageClassification.from_pretrained(tmp_path).eval()
@@ -75,13 +75,13 @@ def test_save_hf_round_trips(tmp_path):
     with torch.no_grad():
         assert (model(x) - hf(x).logits).abs().max() <= 1e-4
     back = qkv.from_hf(tmp_path)
-    assert back.config.labels == config.labels and back.config.image_mean == config.image_mean
+    assert back.config.class_names == config.class_names and back.config.image_mean == config.image_mean
     for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), name
 
 
 def test_save_load_round_trip_bit_for_bit(tmp_path):
-    config = qkv.ViTConfig(**{**qkv.models.vit.PRESETS["vit-28-tiny"], "labels": list("abcdefghij")})
+    config = qkv.ViTConfig(**{**qkv.models.vit.PRESETS["vit-28-tiny"], "class_names": list("abcdefghij")})
     model = perturbed(qkv.ViT(config))
     qkv.save_model(model, tmp_path)
     loaded, tokenizer = qkv.load(tmp_path)

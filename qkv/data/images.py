@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..files import atomic_write, atomic_write_text
 from .errors import DataError
@@ -77,3 +78,10 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{folder} has no {split!r} split; it has {[s for s in SPLITS if (Path(folder) / f'{s}.npz').is_file()]}")
     with np.load(file, allow_pickle=False) as z:
         return z["images"], z["labels"]
+
+
+def to_pixels(images: np.ndarray | torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, H, W[, C]) -> normalised float (N, C, H, W): (x / 255 - mean) / std."""
+    x = torch.as_tensor(images)
+    x = (x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)).float().div_(255)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]

@@ -1,5 +1,5 @@
 """Language-modelling data: a text encoded once into a flat token array, cached on disk
-as a memmap, and cut into random windows of ``block_size + 1`` tokens.
+as a memmap, and cut into random windows of ``seq_len + 1`` tokens.
 
 Window ``j`` of a given seed is a pure function of ``(seed, j)``: a run that resumes at
 sample ``j`` sees exactly the windows it would have seen, whatever happened before, and
@@ -59,7 +59,7 @@ def encode_corpus(corpus: Path, tokenizer) -> dict[str, np.memmap]:
             for split in ("train", "val")}
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijective hash of 64-bit integers (wrapping arithmetic)."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -67,24 +67,24 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 class TokenWindows:
-    """(input, target) pairs: ``block_size`` tokens and the same tokens shifted by one."""
+    """(input, target) pairs: ``seq_len`` tokens and the same tokens shifted by one."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, seed: int):
-        if len(tokens) <= block_size:
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
+        if len(tokens) <= seq_len:
             raise DataError(
-                f"the text has {len(tokens)} tokens, too few for windows of block_size={block_size}"
+                f"the text has {len(tokens)} tokens, too few for windows of {seq_len}"
             )
-        self.tokens, self.block_size = tokens, block_size
-        self.n_starts = len(tokens) - block_size
-        self.key = _mix64(np.array([seed], dtype=np.uint64))[0]
+        self.tokens, self.seq_len = tokens, seq_len
+        self.n_starts = len(tokens) - seq_len
+        self.key = mix64(np.array([seed], dtype=np.uint64))[0]
 
     def starts(self, first: int, count: int) -> np.ndarray:
         j = np.arange(first, first + count, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            return (_mix64(j ^ self.key) % np.uint64(self.n_starts)).astype(np.int64)
+            return (mix64(j ^ self.key) % np.uint64(self.n_starts)).astype(np.int64)
 
     def batch(self, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows ``first .. first + count - 1`` as (x, y), each (count, block_size) int64."""
-        idx = self.starts(first, count)[:, None] + np.arange(self.block_size + 1)
+        """Windows ``first .. first + count - 1`` as (x, y), each (count, seq_len) int64."""
+        idx = self.starts(first, count)[:, None] + np.arange(self.seq_len + 1)
         chunk = torch.from_numpy(self.tokens[idx].astype(np.int64))
         return chunk[:, :-1], chunk[:, 1:]

@@ -84,7 +84,7 @@ def config_from_hf(hf: dict, has_head: bool, has_pooler: bool) -> ViTConfig:
     id2label = hf.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if has_head else []
     values = {"layer_norm_eps": 1e-12, **{k: hf[k] for k in MAPPED if k in hf}}  # 1e-12: HF's default
-    return ViTConfig(**values, dropout=drops.pop(), num_labels=len(labels), labels=labels, pooler=has_pooler)
+    return ViTConfig(**values, dropout=drops.pop(), num_labels=len(labels), class_names=labels, pooler=has_pooler)
 
 
 def state_dict_from_hf(sd: dict[str, Tensor], c: ViTConfig) -> dict[str, Tensor]:

@@ -99,6 +99,7 @@ class Attention(nn.Module):
 class LSTMSeq2Seq(nn.Module):
     config_class = LSTMSeq2SeqConfig
     model_type = "lstm_seq2seq"
+    role = "seq2seq"
 
     def __init__(self, config: LSTMSeq2SeqConfig):
         super().__init__()

@@ -81,9 +81,20 @@ class MLMHead(nn.Module):
         return self.decoder(t.LayerNorm(self.act(t.dense(h))))
 
 
+_BERT = dict(vocab_size=30522, max_position_embeddings=512)
+PRESETS = {  # Devlin et al. (2019), Section 3; MiniLM-L6 (all-MiniLM-L6-v2's shape)
+    "bert-base": dict(_BERT, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(_BERT, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                       intermediate_size=4096),
+    "minilm-l6": dict(_BERT, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+
+
 class BERT(nn.Module):
     config_class = BERTConfig
     model_type = "bert"
+    role = "text_encoder"  # a masked LM, a sequence classifier or bare features, by its head
+    presets = PRESETS
 
     def __init__(self, config: BERTConfig):
         super().__init__()
@@ -130,7 +141,7 @@ class BERT(nn.Module):
                                  f"got {tuple(t.shape)}")
 
     def forward_features(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                         token_type_ids: Tensor | None = None, attentions: list | None = None) -> Tensor:
+                         token_type_ids: Tensor | None = None, *, attentions: list | None = None) -> Tensor:
         """Final hidden states (batch, time, hidden_size).
 
         attention_mask: (batch, time), 1 for tokens and 0 for padding (anywhere); padded
@@ -160,7 +171,7 @@ class BERT(nn.Module):
         return torch.tanh(self.pooler.dense(hidden[:, 0]))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, labels: Tensor | None = None):
+                token_type_ids: Tensor | None = None, *, labels: Tensor | None = None):
         """The head's logits: (batch, time, vocab) for mlm, (batch, num_labels) for a
         classifier. With ``labels`` (mlm: (batch, time), -100 = not predicted; classifier:
         (batch,)), returns (logits, mean cross-entropy loss); for mlm those logits are the

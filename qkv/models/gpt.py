@@ -49,9 +49,20 @@ class GPTConfig:
         return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
 
+_GPT2 = dict(vocab_size=50257, block_size=1024)
+PRESETS = {  # GPT-2's four sizes (Radford et al., 2019, Table 2)
+    "gpt2": dict(_GPT2, n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(_GPT2, n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(_GPT2, n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(_GPT2, n_layer=48, n_head=25, n_embd=1600),
+}
+
+
 class GPT(nn.Module):
     config_class = GPTConfig
     model_type = "gpt"
+    role = "causal_lm"
+    presets = PRESETS
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -100,14 +111,14 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head,
                        min(max_len or c.block_size, c.block_size), p.device, p.dtype)
 
-    def forward_features(self, input_ids: Tensor, attentions: list | None = None, *,
-                         attention_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward_features(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                         attentions: list | None = None, cache: KVCache | None = None) -> Tensor:
         """Final hidden states (batch, time, n_embd), after ln_f.
 
-        attentions: pass a list to receive each layer's attention weights (batch, heads,
-            time, time); this switches attention to the eager path.
         attention_mask: (batch, past + time), 1 for tokens and 0 for left padding; positions
             count real tokens only, so a left-padded row computes what it would alone.
+        attentions: pass a list to receive each layer's attention weights (batch, heads,
+            time, time); this switches attention to the eager path.
         cache: a KV cache holding earlier positions (generation); it is advanced.
         """
         past = cache.length if cache is not None else 0
@@ -137,20 +148,20 @@ class GPT(nn.Module):
             cache.advance(T)
         return t.ln_f(x)
 
-    def forward(self, input_ids: Tensor, targets: Tensor | None = None, *,
-                attention_mask: Tensor | None = None, cache: KVCache | None = None):
-        """Logits (batch, time, vocab); with ``targets`` (batch, time; -100 = ignore),
-        returns (logits, mean cross-entropy loss)."""
-        h = self.forward_features(input_ids, attention_mask=attention_mask, cache=cache)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                labels: Tensor | None = None, cache: KVCache | None = None):
+        """Logits (batch, time, vocab); with ``labels`` (batch, time: the token that follows
+        each position, already shifted; -100 = ignore), returns (logits, mean cross-entropy)."""
+        h = self.forward_features(input_ids, attention_mask, cache=cache)
         logits = self.lm_head(h)
-        if targets is None:
+        if labels is None:
             return logits
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         return logits, loss
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
-        """Prompt plus continuation; see ``qkv.generate.generate`` for the options."""
-        from ..generate import generate
+        """Prompt plus continuation; see ``qkv.inference.generate`` for the options."""
+        from ..inference.generate import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)
 

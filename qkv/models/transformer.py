@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from ..nn import ACTIVATIONS, Block, KVCache, SinusoidalPositions, padding_mask
 
 PRESETS = {  # Table 3 of the paper, and a size that trains on a 2-core CPU
-    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, n_head=8, ffn_dim=2048, dropout=0.1),
-    "big": dict(d_model=1024, encoder_layers=6, decoder_layers=6, n_head=16, ffn_dim=4096, dropout=0.3),
-    "small": dict(d_model=256, encoder_layers=3, decoder_layers=3, n_head=4, ffn_dim=1024, dropout=0.1),
+    "transformer-base": dict(d_model=512, encoder_layers=6, decoder_layers=6, n_head=8, ffn_dim=2048, dropout=0.1),
+    "transformer-big": dict(d_model=1024, encoder_layers=6, decoder_layers=6, n_head=16, ffn_dim=4096, dropout=0.3),
+    "transformer-small": dict(d_model=256, encoder_layers=3, decoder_layers=3, n_head=4, ffn_dim=1024, dropout=0.1),
 }
 
 
@@ -63,12 +63,6 @@ class TransformerConfig:
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(f"{name}={getattr(self, name)} is outside the vocabulary (0..{self.vocab_size - 1})")
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "TransformerConfig":
-        if name not in PRESETS:
-            raise ValueError(f"unknown Transformer preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
 
 @dataclass
 class DecodingState:
@@ -93,6 +87,8 @@ class Stack(nn.Module):
 class Transformer(nn.Module):
     config_class = TransformerConfig
     model_type = "transformer"
+    role = "seq2seq"
+    presets = PRESETS
 
     def __init__(self, config: TransformerConfig):
         super().__init__()

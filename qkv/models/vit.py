@@ -46,7 +46,7 @@ class ViTConfig:
     num_labels: int = 1000        # 0 = no head: logits are the pooled features
     pool: str = "cls"             # cls | mean (global average pooling over the patch tokens)
     pooler: bool = False          # Hugging Face ViTModel's dense + tanh on [CLS] (model.pool())
-    labels: list[str] = field(default_factory=list)        # class names; [] = "0", "1", ...
+    class_names: list[str] = field(default_factory=list)   # one per label; [] = "0", "1", ...
     image_mean: list[float] = field(default_factory=list)  # per channel; [] = 0.5 each
     image_std: list[float] = field(default_factory=list)   # per channel; [] = 0.5 each
 
@@ -65,8 +65,8 @@ class ViTConfig:
             raise ValueError(f"unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACTIVATIONS)}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.labels and len(self.labels) != self.num_labels:
-            raise ValueError(f"{len(self.labels)} label names for num_labels={self.num_labels}")
+        if self.class_names and len(self.class_names) != self.num_labels:
+            raise ValueError(f"{len(self.class_names)} class_names for num_labels={self.num_labels}")
         for name in ("image_mean", "image_std"):
             if getattr(self, name) and len(getattr(self, name)) != self.num_channels:
                 raise ValueError(f"{name} needs one value per channel ({self.num_channels}), got {getattr(self, name)}")
@@ -77,7 +77,8 @@ class ViTConfig:
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.labels) or [str(i) for i in range(self.num_labels)]
+        """``class_names``, or the label numbers as text where the config names none."""
+        return list(self.class_names) or [str(i) for i in range(self.num_labels)]
 
     @property
     def mean_std(self) -> tuple[list[float], list[float]]:
@@ -120,6 +121,8 @@ class Embeddings(nn.Module):
 class ViT(nn.Module):
     config_class = ViTConfig
     model_type = "vit"
+    role = "image_classifier"
+    presets = PRESETS
 
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -167,7 +170,7 @@ class ViT(nn.Module):
                              f"resize to {c.image_size}x{c.image_size}, or pass "
                              "interpolate_pos_encoding=True to interpolate its position embeddings")
 
-    def forward_features(self, pixel_values: Tensor, attentions: list | None = None, *,
+    def forward_features(self, pixel_values: Tensor, *, attentions: list | None = None,
                          interpolate_pos_encoding: bool = False) -> Tensor:
         """All tokens after the final LayerNorm: (batch, 1 + patches, hidden_size), [CLS] first.
 
@@ -189,14 +192,14 @@ class ViT(nn.Module):
         pooled = features[:, 0] if self.config.pool == "cls" else features[:, 1:].mean(dim=1)
         return self.classifier(pooled)
 
-    def forward(self, pixel_values: Tensor, targets: Tensor | None = None, *,
+    def forward(self, pixel_values: Tensor, *, labels: Tensor | None = None,
                 interpolate_pos_encoding: bool = False):
-        """Logits (batch, num_labels); with ``targets`` (batch,) returns (logits, cross-entropy)."""
+        """Logits (batch, num_labels); with ``labels`` (batch,) returns (logits, cross-entropy)."""
         logits = self.forward_head(self.forward_features(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
-        if targets is None:
+        if labels is None:
             return logits
-        return logits, F.cross_entropy(logits, targets)
+        return logits, F.cross_entropy(logits, labels)
 
     def pool(self, features: Tensor) -> Tensor:
         """Hugging Face ViTModel's ``pooler_output``: tanh(dense([CLS])); needs ``pooler=True``."""

@@ -1,6 +1,6 @@
 """Training: one Trainer for every task, configured from TOML."""
 from .config import RunConfig, TrainConfig
-from .run import TASKS, train
+from .run import evaluate_run, train
 from .trainer import Trainer, TrainingInterrupted
 
-__all__ = ["TASKS", "RunConfig", "TrainConfig", "Trainer", "TrainingInterrupted", "train"]
+__all__ = ["RunConfig", "TrainConfig", "Trainer", "TrainingInterrupted", "evaluate_run", "train"]

@@ -22,7 +22,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ..files import fsync_dir, atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, fsync_dir, make_dirs
 from ..errors import CheckpointError
 from ..io import LATEST, SHARDED, latest_checkpoint, load_weights, save_config, save_model
 from .distributed import barrier
@@ -62,7 +62,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer, state: dict, kee
     tmp = root / f".tmp-{final.name}"
     exists = final.exists()
     if _is_main() and not exists:
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
     if not exists:

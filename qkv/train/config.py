@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, apply_overrides, from_dict, load_toml
+from ..errors import CheckpointError
+from ..files import read_json
 
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
 STRATEGIES = ("ddp", "fsdp")
@@ -18,7 +21,8 @@ STRATEGIES = ("ddp", "fsdp")
 @dataclass
 class TrainConfig:
     max_steps: int = 1000            # optimizer steps
-    batch_size: int = 32             # samples per micro-batch
+    batch_size: int | None = None    # samples per micro-batch, all processes together; unset: 32,
+                                     # or for a task that batches by tokens, one batch per process
     grad_accum: int = 1              # micro-batches per optimizer step
     lr: float = 1e-3                 # peak learning rate
     min_lr: float = 1e-4             # floor of the cosine schedule
@@ -38,18 +42,48 @@ class TrainConfig:
     strategy: str = "ddp"            # with several processes: ddp (replicas) | fsdp (FSDP2 shards)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     precision: str = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    nonfinite: str = "stop"          # a NaN/inf loss or gradient: stop (keep the last checkpoint)
+                                     # | skip (drop that step's update; see Trainer)
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "grad_accum", "log_interval", "eval_interval",
-                     "eval_batches", "ckpt_interval", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        """Check each key's type and range, so that a bad value fails before anything is written."""
+        def integer(v, least: int) -> bool:  # bool is an int in Python, but `true` is no step count
+            return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+        def number(v, high: float = float("inf")) -> bool:  # in [0, high): nan and inf fail
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < high
+
+        def one_of(choices) -> str:
+            return "one of " + ", ".join(choices)
+
+        positive_int = "a positive integer"
+        checks = [
+            ("max_steps", integer(self.max_steps, 1), positive_int),
+            ("batch_size", self.batch_size is None or integer(self.batch_size, 1), positive_int),
+            ("grad_accum", integer(self.grad_accum, 1), positive_int),
+            ("lr", number(self.lr) and self.lr > 0, "a positive number"),
+            ("min_lr", number(self.min_lr), "a number >= 0"),
+            ("schedule", self.schedule in SCHEDULES, one_of(SCHEDULES)),
+            ("warmup_steps", integer(self.warmup_steps, 0), "an integer >= 0"),
+            ("weight_decay", number(self.weight_decay), "a number >= 0"),
+            ("beta1", number(self.beta1, high=1), "a number in [0, 1)"),
+            ("beta2", number(self.beta2, high=1), "a number in [0, 1)"),
+            ("eps", number(self.eps) and self.eps > 0, "a positive number"),
+            ("grad_clip", number(self.grad_clip), "a number >= 0 (0 = off)"),
+            *((name, integer(getattr(self, name), 1), positive_int) for name in
+              ("log_interval", "eval_interval", "eval_batches", "ckpt_interval", "keep_checkpoints")),
+            ("compile", isinstance(self.compile, bool), "true or false"),
+            ("strategy", self.strategy in STRATEGIES, one_of(STRATEGIES)),
+            ("device", isinstance(self.device, str), "a device name (auto, cpu, cuda or cuda:N)"),
+            ("precision", self.precision in ("auto", "fp32", "bf16"), one_of(("auto", "fp32", "bf16"))),
+            ("nonfinite", self.nonfinite in ("stop", "skip"), one_of(("stop", "skip"))),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"train.{name} must be {what}, got {getattr(self, name)!r}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr}): it is "
+                              "the floor the learning rate decays to; lower train.min_lr too")
 
 
 @dataclass
@@ -72,6 +106,23 @@ class RunConfig:
 
     def to_tree(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+RUN_CONFIG = "run.json"  # a run directory's resolved config
+
+
+def load_run_config(config_path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """A TOML config file with ``--set`` overrides applied."""
+    return RunConfig.from_tree(apply_overrides(load_toml(config_path), list(overrides)))
+
+
+def read_run(run_dir: str | Path) -> RunConfig:
+    """The configuration a run directory was trained with (its run.json)."""
+    file = Path(run_dir) / RUN_CONFIG
+    if not file.is_file():
+        raise CheckpointError(f"{run_dir} is not a qkv run directory (no {RUN_CONFIG}); "
+                              "give the out_dir of a `qkv train` run")
+    return RunConfig.from_tree(read_json(file))
 
 
 # What a resumed run may not change: it would no longer be the same run.

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..io import CheckpointError  # noqa: E402
+from ..errors import CheckpointError  # noqa: E402
 from .metrics import read_metrics  # noqa: E402
 
 PANELS = {  # file -> (title, y label, [(metrics key, line style)])

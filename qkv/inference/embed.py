@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 
 def pooling_mode(model_dir: str | Path) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .train.image_classification import to_pixels
+from ..data.images import to_pixels
 
 
 def load_image(path: str | Path, config) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""The image-classification task: a ViT trained on a prepared image data set.
+"""Image classification (``task = "image_classification"``): any image classifier of the
+model registry (ViT today) trained on a prepared image data set.
 
-``[data]`` names the data set and the augmentation; ``[model]`` is a ViT config
-(``type = "vit"``, optionally ``preset = "vit-28-small"``, any field overriding the
-preset). The image size, channels, class names and the normalisation (mean and std of
-the training images, per channel) come from the data set unless ``[model]`` sets them;
-they are stored in the model's config.json, which is all ``qkv classify`` needs.
+``[data]`` names the data set and the augmentation; ``[model]`` names a model kind
+(``type = "vit"``) or a preset (``preset = "vit-28-small"``), any field overriding it.
+The image size, channels and number of classes come from the data set (``[model]`` may
+not contradict them); the class names and the normalisation (mean and std of the training
+images, per channel) too, unless ``[model]`` sets them. They are stored in the model's
+config.json, which is all ``qkv classify`` needs.
 
 Augmentation is batched plain torch: random crop after zero padding, horizontal flips
 (only where a mirrored image is still of its class: clothes, not digits), and optional
@@ -21,14 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, from_dict
+from .. import models
+from ..config import from_dict
 from ..data import prepared
-from ..data.images import load_split, read_meta
-from ..io import build_model, load
-from ..models.vit import PRESETS
-from .config import RunConfig
-
-IMAGE_MODELS = ("vit",)
+from ..data.images import load_split, read_meta, to_pixels
+from .base import Task, device_of
 
 
 @dataclass
@@ -46,13 +45,6 @@ class ImageDataConfig:
             raise ValueError("data.crop_padding, data.mixup and data.cutmix must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"data.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
-def to_pixels(images: np.ndarray | torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 (N, H, W[, C]) -> normalised float (N, C, H, W): (x / 255 - mean) / std."""
-    x = torch.as_tensor(images)
-    x = (x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)).float().div_(255)
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, num_labels: int, data: ImageDataConfig, rng) -> tuple:
@@ -83,45 +75,40 @@ def augment(x: torch.Tensor, y: torch.Tensor, num_labels: int, data: ImageDataCo
     return x.contiguous(), lam * onehot + (1 - lam) * onehot[perm]
 
 
-class ImageClassificationTask:
-    tokenizer = None  # images need none; preprocessing lives in the model's config
+class ImageClassificationTask(Task):
+    name = "image_classification"
+    data_config = ImageDataConfig
     tokens_per_sample = 1  # so the Trainer's tokens_per_s is images per second
 
-    def __init__(self, run: RunConfig, run_dir: Path):
-        self.data = data = from_dict(ImageDataConfig, run.data, where="data")
-        self.folder = prepared(data.name, data.dir or None)
-        meta = read_meta(self.folder)
-        images, self.labels = load_split(self.folder, "train")
-        cfg = dict(run.model)
-        model_type = cfg.pop("type", "vit")
-        if model_type not in IMAGE_MODELS:
-            raise ConfigError(f"the image_classification task trains an image model ({IMAGE_MODELS}), not {model_type!r}")
-        preset = cfg.pop("preset", None)
-        if preset is not None and preset not in PRESETS:
-            raise ConfigError(f"unknown model.preset {preset!r}; choose one of {sorted(PRESETS)}")
-        pixels = torch.from_numpy(images).float().div_(255)
+    def __init__(self, run, model, tokenizer=None):  # images need no tokenizer: preprocessing is in the config
+        super().__init__(run, model, tokenizer)
+        self.folder = prepared(self.data.name, self.data.dir or None)
+
+    @classmethod
+    def build(cls, run, run_dir: Path):
+        data = from_dict(ImageDataConfig, run.data, where="data")
+        folder = prepared(data.name, data.dir or None)
+        meta = read_meta(folder)
+        pixels = torch.from_numpy(load_split(folder, "train")[0]).float().div_(255)
         mean = pixels.mean((0, 1, 2)).reshape(-1).tolist()  # per channel (one for grey)
         std = pixels.std((0, 1, 2)).reshape(-1).tolist()
-        defaults = {"image_size": meta["image_size"][0], "num_channels": meta["channels"],
-                    "num_labels": len(meta["labels"]), "labels": meta["labels"],
-                    "image_mean": [round(m, 4) for m in mean], "image_std": [round(s, 4) for s in std]}
-        clash = {k: cfg[k] for k in ("image_size", "num_channels", "num_labels") if k in cfg and cfg[k] != defaults[k]}
-        if clash:
-            raise ConfigError(f"{data.name} has {meta['channels']}-channel {'x'.join(map(str, meta['image_size']))} "
-                              f"images in {len(meta['labels'])} classes, but [model] sets "
-                              f"{', '.join(f'{k}={v}' for k, v in clash.items())}: remove those keys")
-        self.model = build_model({"model_type": model_type, **PRESETS.get(preset, {}), **defaults, **cfg})
-        c = self.model.config
-        self.images = images
-        self.seed = run.seed
+        fixed = {"image_size": meta["image_size"][0], "num_channels": meta["channels"],
+                 "num_labels": len(meta["labels"])}
+        derived = {"class_names": meta["labels"], "image_mean": [round(m, 4) for m in mean],
+                   "image_std": [round(s, 4) for s in std]}
+        model = models.from_section(run.model, "image_classifier", default="vit", data=derived, fixed=fixed)
+        return model, None
+
+    def prepare_training(self) -> None:
+        self.images, self.labels = load_split(self.folder, "train")
         self._orders: dict[int, np.ndarray] = {}
-        n_val = run.train.eval_batches * run.train.batch_size
+        n_val = self.run.train.eval_batches * self.run.train.batch_size
         val_x, val_y = load_split(self.folder, "val")
-        self.val = (to_pixels(val_x[:n_val], *c.mean_std), torch.from_numpy(val_y[:n_val]))
+        self.val = (to_pixels(val_x[:n_val], *self.model.config.mean_std), torch.from_numpy(val_y[:n_val]))
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:  # one shuffle per epoch, fixed by the seed
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.images))}
+            self._orders = {epoch: np.random.default_rng([self.run.seed, epoch]).permutation(len(self.images))}
         return self._orders[epoch]
 
     def batches(self, first: int, count: int):
@@ -130,35 +117,32 @@ class ImageClassificationTask:
         c = self.model.config
         x = to_pixels(self.images[index], *c.mean_std)
         y = torch.from_numpy(self.labels[index])
-        return augment(x, y, c.num_labels, self.data, np.random.default_rng([self.seed, first]))
+        return augment(x, y, c.num_labels, self.data, np.random.default_rng([self.run.seed, first]))
 
     def loss(self, model, batch) -> torch.Tensor:
         x, y = batch
         return F.cross_entropy(model(x), y, label_smoothing=self.data.label_smoothing)
 
-    def evaluate(self, model) -> dict[str, float]:
-        device = next(model.parameters()).device
+    def validate(self, model) -> dict[str, float]:
+        device = device_of(model)
         x, y = self.val
         logits = torch.cat([model(x[i:i + 256].to(device)).float().cpu() for i in range(0, len(x), 256)])
         return {"val_loss": F.cross_entropy(logits, y).item(), "val_acc": (logits.argmax(-1) == y).float().mean().item()}
 
-    @staticmethod
-    def evaluate_run(run_dir: Path, run: RunConfig, split: str, out: Path) -> dict:
+    @torch.no_grad()
+    def evaluate(self, model, split: str, out: Path) -> dict:
         """Accuracy on a whole split, and its confusion matrix (printed, and saved as
         confusion.png and confusion.csv under ``out``)."""
-        from .confusion import plot_confusion
+        from ..train.plot_confusion import plot_confusion
 
-        model, _ = load(run_dir)
-        data = from_dict(ImageDataConfig, run.data, where="data")
-        images, labels = load_split(prepared(data.name, data.dir or None), split)
-        c = model.config
-        with torch.no_grad():
-            pred = torch.cat([model(to_pixels(images[i:i + 256], *c.mean_std)).argmax(-1)
-                              for i in range(0, len(images), 256)]).numpy()
+        images, labels = load_split(self.folder, split)
+        c, device = model.config, device_of(model)
+        pred = torch.cat([model(to_pixels(images[i:i + 256], *c.mean_std).to(device)).argmax(-1).cpu()
+                          for i in range(0, len(images), 256)]).numpy()
         k = c.num_labels
         matrix = np.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
         out.mkdir(parents=True, exist_ok=True)
-        png = plot_confusion(matrix, c.label_names, out, title=f"{Path(run_dir).name}, {split} split")
+        png = plot_confusion(matrix, c.label_names, out, title=f"{out.parent.name}, {split} split")
         width = max(len(n) for n in c.label_names)
         print(f"confusion matrix (rows: true class, columns: predicted), {split} split:")
         print(" " * width + "".join(f"{i:>6d}" for i in range(k)))

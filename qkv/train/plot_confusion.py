@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..files import atomic_write
-from ..io import atomic_write_text  # noqa: E402
+from ..files import atomic_write_text  # noqa: E402
 
 
 def plot_confusion(matrix: np.ndarray, names: list[str], out_dir: Path, title: str = "") -> Path:

@@ -1,13 +1,14 @@
-"""The masked-language-model task: BERT pretraining on real text (Devlin et al., 2019).
+"""Masked-language-model pretraining on real text (Devlin et al., 2019; ``task = "mlm"``).
 
 ``[data]`` lists the corpora (prepared text corpora: ``shakespeare``, ``brown``, ...),
-the WordPiece vocabulary size and the sequence length; ``[model]`` is a BERT config
-(``type = "bert"``, head ``mlm``). A WordPiece tokenizer is trained on the corpora's
-training splits (cached in the data root) and saved in the run directory. A sample is a
-random window of ``block_size - 2`` tokens of the concatenated training text, wrapped as
-``[CLS] ... [SEP]`` and masked by ``qkv.data.mlm.Masker``; window and mask are pure
-functions of the sample index. Validation reports the loss on the predicted positions,
-its perplexity, and masked-token accuracy (how often the top prediction is the original).
+the WordPiece vocabulary size and the sequence length; ``[model]`` is a text encoder of
+the registry (``type = "bert"`` or a preset such as ``preset = "bert-base"``) with an MLM
+head. A WordPiece tokenizer is trained on the corpora's training splits (cached in the
+data root) and saved in the run directory. A sample is a random window of ``seq_len - 2``
+tokens of the concatenated training text, wrapped as ``[CLS] ... [SEP]`` and masked by
+``qkv.data.mlm.Masker``; window and mask are pure functions of the sample index.
+Validation reports the loss on the predicted positions, its perplexity, and masked-token
+accuracy (how often the top prediction is the original).
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, from_dict
+from .. import models
+from ..config import from_dict
 from ..data import data_root, prepared
-from ..data.lm import TokenWindows, _mix64, encode_cached
+from ..data.lm import TokenWindows, encode_cached, mix64
 from ..data.mlm import IGNORE, Masker
-from ..io import build_model, load
+from ..errors import ConfigError
 from ..tokenizers import WordPieceTokenizer, find_tokenizer
-from .config import RunConfig
+from .base import Task, device_of
 
 
 @dataclass
@@ -31,18 +33,20 @@ class MLMDataConfig:
     corpora: list[str] = field(default_factory=lambda: ["shakespeare", "brown"])
     vocab_size: int = 8192       # WordPiece vocabulary trained on the corpora's training text
     lowercase: bool = True
-    block_size: int = 128        # tokens per sequence, [CLS] and [SEP] included
+    seq_len: int = 128           # tokens per sequence, [CLS] and [SEP] included
     mask_prob: float = 0.15
     whole_word: bool = False     # mask all pieces of a word together
     dir: str = ""                # data root; "" = $QKV_DATA or ~/.cache/qkv
 
     def __post_init__(self):
-        if not self.corpora or not all(isinstance(c, str) for c in self.corpora):
-            raise ValueError(f"data.corpora must be a non-empty list of data set names, got {self.corpora!r}")
-        if self.block_size < 3:
-            raise ValueError(f"data.block_size must be at least 3 ([CLS], a token, [SEP]), got {self.block_size}")
+        if not self.corpora:
+            raise ValueError("data.corpora must be a non-empty list of data set names")
+        if self.seq_len < 3:
+            raise ValueError(f"data.seq_len must be at least 3 ([CLS], a token, [SEP]), got {self.seq_len}")
         if self.vocab_size < 100:
             raise ValueError(f"data.vocab_size must be at least 100, got {self.vocab_size}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"data.mask_prob must be in (0, 1), got {self.mask_prob}")
 
 
 def corpora_tokenizer(data: MLMDataConfig, folders: list[Path]) -> WordPieceTokenizer:
@@ -67,14 +71,14 @@ def wrap(windows: torch.Tensor, tokenizer) -> torch.Tensor:
 
 
 def generator(seed: int, index: int) -> torch.Generator:
-    key = _mix64(np.array([seed * 1_000_003 + index], dtype=np.uint64))[0]
+    key = mix64(np.array([seed * 1_000_003 + index], dtype=np.uint64))[0]
     return torch.Generator().manual_seed(int(key) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 @torch.no_grad()
 def masked_metrics(model, batches) -> dict[str, float]:
     """Loss, perplexity and accuracy over the predicted positions of (inputs, labels) batches."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     total, correct, count = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
@@ -88,43 +92,50 @@ def masked_metrics(model, batches) -> dict[str, float]:
             "predicted_tokens": count}
 
 
-class MaskedLanguageModelTask:
-    def __init__(self, run: RunConfig, run_dir: Path):
-        self.data = data = from_dict(MLMDataConfig, run.data, where="data")
-        folders = [prepared(name, data.dir or None) for name in data.corpora]
-        self.tokenizer = find_tokenizer(run_dir) or corpora_tokenizer(data, folders)
-        if not isinstance(self.tokenizer, WordPieceTokenizer):
-            raise ConfigError(f"{run_dir} holds a {self.tokenizer.kind} tokenizer; the mlm task needs "
-                              "WordPiece. Use a new out_dir")
-        model_cfg = dict(run.model)
-        if model_cfg.pop("type", "bert") != "bert" or model_cfg.setdefault("head", "mlm") != "mlm":
-            raise ConfigError("the mlm task trains a BERT with an MLM head (model.type = \"bert\", head = \"mlm\")")
-        model_cfg.setdefault("vocab_size", self.tokenizer.vocab_size)
-        model_cfg.setdefault("add_pooler", False)
-        if model_cfg["vocab_size"] < self.tokenizer.vocab_size:
-            raise ConfigError(f"model.vocab_size={model_cfg['vocab_size']} is smaller than the tokenizer's "
-                              f"{self.tokenizer.vocab_size}; remove it to use the tokenizer's size")
-        self.model = build_model({"model_type": "bert", **model_cfg})
-        if data.block_size > self.model.config.max_position_embeddings:
-            raise ConfigError(f"data.block_size={data.block_size} exceeds model.max_position_embeddings="
-                              f"{self.model.config.max_position_embeddings}")
-        self.masker = Masker.for_tokenizer(self.tokenizer, data.mask_prob, data.whole_word)
-        self.seed = run.seed
-        train = np.concatenate([encode_cached(f / "train.txt", self.tokenizer, f / "tokens") for f in folders])
-        self.windows = TokenWindows(train, data.block_size - 2, seed=run.seed)
-        self.val_batches = self.split_batches(folders, "val", run.train.batch_size, run.train.eval_batches)
-        self.tokens_per_sample = data.block_size
+class MaskedLanguageModelTask(Task):
+    name = "mlm"
+    data_config = MLMDataConfig
 
-    def sample(self, windows: TokenWindows, first: int, count: int, seed: int):
-        ids = wrap(windows.batch(first, count)[0], self.tokenizer)
-        return self.masker(ids, generator(seed, first))
+    def __init__(self, run, model, tokenizer):
+        super().__init__(run, model, tokenizer)
+        if not isinstance(tokenizer, WordPieceTokenizer):
+            raise ConfigError(f"the mlm task needs a WordPiece tokenizer, not {getattr(tokenizer, 'kind', None)!r}")
+        self.folders = [prepared(name, self.data.dir or None) for name in self.data.corpora]
+        self.masker = Masker.for_tokenizer(tokenizer, self.data.mask_prob, self.data.whole_word)
+
+    @classmethod
+    def build(cls, run, run_dir: Path):
+        data = from_dict(MLMDataConfig, run.data, where="data")
+        folders = [prepared(name, data.dir or None) for name in data.corpora]
+        tokenizer = find_tokenizer(run_dir) or corpora_tokenizer(data, folders)
+        if not isinstance(tokenizer, WordPieceTokenizer):
+            raise ConfigError(f"{run_dir} holds a {tokenizer.kind} tokenizer; the mlm task needs "
+                              "WordPiece. Use a new out_dir")
+        model = models.from_section(run.model, "text_encoder", default="bert",
+                                    data={"vocab_size": tokenizer.vocab_size, "add_pooler": False},
+                                    fixed={"head": "mlm"})
+        if model.config.vocab_size < tokenizer.vocab_size:
+            raise ConfigError(f"model.vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
+                              f"{tokenizer.vocab_size}; remove it to use the tokenizer's size")
+        if data.seq_len > model.config.max_position_embeddings:
+            raise ConfigError(f"data.seq_len={data.seq_len} exceeds model.max_position_embeddings="
+                              f"{model.config.max_position_embeddings}")
+        return model, tokenizer
+
+    def prepare_training(self) -> None:
+        train = np.concatenate([encode_cached(f / "train.txt", self.tokenizer, f / "tokens") for f in self.folders])
+        self.windows = TokenWindows(train, self.data.seq_len - 2, seed=self.run.seed)
+        self.val_batches = self.split_batches(self.folders, "val", self.run.train.batch_size,
+                                              self.run.train.eval_batches)
+        self.tokens_per_sample = self.data.seq_len
 
     def batches(self, first: int, count: int):
-        return self.sample(self.windows, first, count, self.seed)
+        ids = wrap(self.windows.batch(first, count)[0], self.tokenizer)
+        return self.masker(ids, generator(self.run.seed, first))
 
     def split_batches(self, folders, split: str, batch_size: int, limit: int | None = None):
         """Fixed masked batches of non-overlapping windows of one split (the same every time)."""
-        n = self.data.block_size - 2
+        n = self.data.seq_len - 2
         parts = [encode_cached(f / f"{split}.txt", self.tokenizer, f / "tokens")
                  for f in folders if (f / f"{split}.txt").is_file()]
         if not parts:
@@ -138,28 +149,22 @@ class MaskedLanguageModelTask:
             out.append(self.masker(wrap(windows[start:start + batch_size], self.tokenizer), generator(0, b)))
         return out
 
-    @staticmethod
-    def loss(model, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> torch.Tensor:
         x, y = batch
         return model(x, labels=y)[1]
 
-    def evaluate(self, model) -> dict[str, float]:
+    def validate(self, model) -> dict[str, float]:
         m = masked_metrics(model, self.val_batches)
         return {"val_loss": m["loss"], "val_ppl": m["perplexity"], "val_mlm_acc": m["masked_accuracy"]}
 
-    @staticmethod
-    def evaluate_run(run_dir: Path, run: RunConfig, split: str, out: Path) -> dict[str, float]:
+    def evaluate(self, model, split: str, out: Path) -> dict[str, float]:
         """Masked-token loss, perplexity and accuracy over every window of a split (15% of
         the tokens masked with a fixed seed), per corpus and over all of them."""
-        model, tokenizer = load(run_dir)
-        task = MaskedLanguageModelTask.__new__(MaskedLanguageModelTask)
-        task.data = data = from_dict(MLMDataConfig, run.data, where="data")
-        task.tokenizer, task.masker = tokenizer, Masker.for_tokenizer(tokenizer, data.mask_prob, data.whole_word)
-        folders = [prepared(name, data.dir or None) for name in data.corpora]
-        per_corpus = {name: masked_metrics(model, task.split_batches([folder], split, 32))
-                      for name, folder in zip(data.corpora, folders) if (folder / f"{split}.txt").is_file()}
+        per_corpus = {name: masked_metrics(model, self.split_batches([folder], split, 32))
+                      for name, folder in zip(self.data.corpora, self.folders)
+                      if (folder / f"{split}.txt").is_file()}
         if not per_corpus:
-            raise ConfigError(f"none of the corpora {data.corpora} has a {split!r} split")
+            raise ConfigError(f"none of the corpora {self.data.corpora} has a {split!r} split")
         n = sum(m["predicted_tokens"] for m in per_corpus.values())
         loss = sum(m["loss"] * m["predicted_tokens"] for m in per_corpus.values()) / n
         accuracy = sum(m["masked_accuracy"] * m["predicted_tokens"] for m in per_corpus.values()) / n

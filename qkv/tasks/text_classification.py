@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, from_dict
+from .. import models
+from ..config import from_dict
 from ..data import brown, data_root, prepared
-from ..data.lm import _mix64
+from ..data.lm import mix64
+from ..errors import ConfigError
 from ..files import atomic_write_text
-from ..io import load
-from ..models.bert import BERT, BERTConfig
-from .config import RunConfig
+from .base import Task, device_of
 
 
 @dataclass
@@ -68,13 +68,16 @@ def encoder_source(init: str, data: ClassifyDataConfig) -> Path:
 
 
 def classifier_from(source: Path, num_labels: int, overrides: dict):
-    """A BERT classifier with the encoder of ``source``, and that source's tokenizer."""
+    """A classifier with the encoder of ``source`` (a text encoder of the registry), and
+    that source's tokenizer."""
+    from ..io import load
+
     encoder, tokenizer = load(source)
-    if not isinstance(encoder, BERT) or getattr(tokenizer, "kind", None) != "wordpiece":
-        raise ConfigError(f"{source} is not a BERT with a WordPiece tokenizer")
+    if getattr(encoder, "role", None) != "text_encoder" or getattr(tokenizer, "kind", None) != "wordpiece":
+        raise ConfigError(f"{source} is not a text encoder (BERT) with a WordPiece tokenizer")
     values = {**dataclasses.asdict(encoder.config), **overrides,
               "head": "classifier", "num_labels": num_labels, "add_pooler": True}
-    model = BERT(from_dict(BERTConfig, values, where="model"))
+    model = models.build(encoder.model_type, **values)
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("cls.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     fresh = {k for k in missing if not k.startswith(("pooler.", "classifier."))}
@@ -83,23 +86,32 @@ def classifier_from(source: Path, num_labels: int, overrides: dict):
     return model, tokenizer
 
 
-class TextClassificationTask:
-    def __init__(self, run: RunConfig, run_dir: Path):
-        self.data = data = from_dict(ClassifyDataConfig, run.data, where="data")
-        self.folder = prepared(data.name, data.dir or None)
+class TextClassificationTask(Task):
+    name = "text_classification"
+    data_config = ClassifyDataConfig
+
+    def __init__(self, run, model, tokenizer):
+        super().__init__(run, model, tokenizer)
+        self.folder = prepared(self.data.name, self.data.dir or None)
         self.labels = json.loads((self.folder / "split.json").read_text())["genres"]
+        self.batch_size = run.train.batch_size
+
+    @classmethod
+    def build(cls, run, run_dir: Path):
+        data = from_dict(ClassifyDataConfig, run.data, where="data")
         overrides = dict(run.model)
         if "init" not in overrides:
             raise ConfigError("the text_classification task fine-tunes a pretrained BERT: set model.init to a "
                               "BERT folder or a qkv mlm run directory")
         overrides.pop("type", None)
-        self.model, self.tokenizer = classifier_from(encoder_source(overrides.pop("init"), data),
-                                                     len(self.labels), overrides)
+        genres = json.loads((prepared(data.name, data.dir or None) / "split.json").read_text())["genres"]
+        return classifier_from(encoder_source(overrides.pop("init"), data), len(genres), overrides)
+
+    def prepare_training(self) -> None:
         self.train_set = self.encode("train", 0)
-        self.val_set = self.encode("val", data.eval_passages_per_doc)
-        self.key = _mix64(np.array([run.seed], dtype=np.uint64))[0]
+        self.val_set = self.encode("val", self.data.eval_passages_per_doc)
+        self.key = mix64(np.array([self.run.seed], dtype=np.uint64))[0]
         self.tokens_per_sample = int(np.mean([len(x) for x in self.train_set[0]]))
-        self.batch_size = run.train.batch_size
 
     def encode(self, split: str, per_doc: int) -> tuple[list[list[int]], list[int]]:
         texts, genres = passages(self.folder, split, self.data.passage_words, per_doc)
@@ -123,42 +135,34 @@ class TextClassificationTask:
     def batches(self, first: int, count: int):
         j = np.arange(first, first + count, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            idx = (_mix64(j ^ self.key) % np.uint64(len(self.train_set[0]))).astype(np.int64)
+            idx = (mix64(j ^ self.key) % np.uint64(len(self.train_set[0]))).astype(np.int64)
         return self.collate([self.train_set[0][i] for i in idx], [self.train_set[1][i] for i in idx])
 
-    @staticmethod
-    def loss(model, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> torch.Tensor:
         x, mask, y = batch
         return model(x, mask, labels=y)[1]
 
     @torch.no_grad()
     def predict(self, model, dataset) -> np.ndarray:
-        device = next(model.parameters()).device
+        device = device_of(model)
         ids, out = dataset[0], []
         for start in range(0, len(ids), self.batch_size):
             x, mask, _ = self.collate(ids[start:start + self.batch_size], [0] * len(ids[start:start + self.batch_size]))
             out.append(model(x.to(device), mask.to(device)).argmax(-1).cpu())
         return torch.cat(out).numpy()
 
-    def evaluate(self, model) -> dict[str, float]:
+    def validate(self, model) -> dict[str, float]:
         return {"val_accuracy": float((self.predict(model, self.val_set) == np.array(self.val_set[1])).mean())}
 
-    @staticmethod
-    def evaluate_run(run_dir: Path, run: RunConfig, split: str, out: Path) -> dict[str, float]:
+    def evaluate(self, model, split: str, out: Path) -> dict[str, float]:
         """Passage accuracy on a split, per genre too; predictions go to out/predictions.jsonl."""
-        task = TextClassificationTask.__new__(TextClassificationTask)
-        task.data = data = from_dict(ClassifyDataConfig, run.data, where="data")
-        task.folder = prepared(data.name, data.dir or None)
-        task.labels = json.loads((task.folder / "split.json").read_text())["genres"]
-        task.model, task.tokenizer = load(run_dir)
-        task.batch_size = run.train.batch_size
-        dataset = task.encode(split, data.eval_passages_per_doc)
-        pred, gold = task.predict(task.model, dataset), np.array(dataset[1])
+        dataset = self.encode(split, self.data.eval_passages_per_doc)
+        pred, gold = self.predict(model, dataset), np.array(dataset[1])
         results = {"accuracy": float((pred == gold).mean()), "passages": len(gold)}
-        for i, genre in enumerate(task.labels):
+        for i, genre in enumerate(self.labels):
             if (gold == i).any():
                 results[f"{genre}/accuracy"] = float((pred[gold == i] == i).mean())
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "predictions.jsonl", "".join(
-            json.dumps({"gold": task.labels[g], "predicted": task.labels[p]}) + "\n" for g, p in zip(gold, pred)))
+            json.dumps({"gold": self.labels[g], "predicted": self.labels[p]}) + "\n" for g, p in zip(gold, pred)))
         return results

@@ -3,10 +3,12 @@ Vaswani et al. (2017), Section 5: a joint BPE vocabulary, batches by token count
 bucketing, label-smoothed cross-entropy (epsilon 0.1, Section 5.4); Adam(0.9, 0.98, 1e-9)
 with the inverse-square-root warmup schedule comes from ``[train]`` (see the config).
 
-``[data]``: the corpus, the language pair, the vocabulary and batch size in tokens.
-``[model]``: ``type`` (one of ``SEQ2SEQ``), optionally ``preset`` (small | base | big), and
-any config field to override; vocabulary and special tokens come from the tokenizer.
-One training "sample" is one bucketed batch: set ``train.batch_size = 1``.
+``[data]``: the corpus, the language pair, the vocabulary and the batch size in tokens.
+``[model]``: any sequence-to-sequence model of the registry (``type = "transformer"`` or
+``"lstm_seq2seq"``, or a preset such as ``preset = "transformer-base"``) and any config
+field to override; vocabulary and special tokens come from the tokenizer. Batches hold
+about ``data.max_tokens`` tokens each, one per process and micro-step, so there is no
+``train.batch_size``: use ``train.grad_accum`` for larger steps.
 """
 from __future__ import annotations
 
@@ -18,15 +20,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, from_dict
+from .. import models
+from ..config import from_dict
 from ..data import data_root, dataset_module
 from ..data.translation import TokenBatches, encode_pairs, joint_tokenizer, read_pairs
+from ..errors import ConfigError
 from ..files import atomic_write_text
-from ..io import build_model, load
+from ..inference.translate import translate_texts
 from ..tokenizers import find_tokenizer, special_ids
-from ..translate import SEQ2SEQ, check_seq2seq, translate_texts
-from .config import RunConfig
-from .distributed import world
+from .base import Option, Task, device_of
 
 BUCKETS = ((1, 15), (16, 30), (31, 45), (46, 10**6))  # source length in words
 
@@ -62,52 +64,40 @@ def corpus_folder(data: TranslationDataConfig) -> Path:
     return folder
 
 
-def build_seq2seq(model_cfg: dict, tokenizer):
-    cfg = dict(model_cfg)
-    model_type = cfg.pop("type", "transformer")
-    if model_type not in SEQ2SEQ:
-        raise ConfigError(f"the translation task trains a sequence-to-sequence model ({SEQ2SEQ}), not {model_type!r}")
-    vocab = {"vocab_size": tokenizer.vocab_size, **special_ids(tokenizer)}
-    preset = cfg.pop("preset", None)
-    if preset is not None:
-        from ..models import MODELS
+class TranslationTask(Task):
+    name = "translation"
+    data_config = TranslationDataConfig
+    batching = "tokens"
+    options = (
+        Option("beam", int, 4, "beam size; 1 = greedy"),
+        Option("length_penalty", float, 0.6, "alpha of the length penalty ((5 + len) / 6)^alpha"),
+        Option("max_sentences", int, None, "score only the first N sentences of the split"),
+    )
 
-        presets = getattr(MODELS[model_type].config_class, "preset", None)
-        if presets is None:
-            raise ConfigError(f"model type {model_type!r} has no presets; remove model.preset")
-        try:
-            cfg = {**{k: v for k, v in vars(presets(preset)).items() if k not in vocab}, **cfg}
-        except ValueError as e:
-            raise ConfigError(f"model.preset: {e}") from None
-    clash = {k: cfg[k] for k in vocab if k in cfg and cfg[k] != vocab[k]}
-    if clash:
-        raise ConfigError(f"[model] {clash} contradicts the tokenizer ({vocab}); remove them")
-    return build_model({"model_type": model_type, **cfg, **vocab})
+    @classmethod
+    def build(cls, run, run_dir: Path, log=print):
+        data = from_dict(TranslationDataConfig, run.data, where="data")
+        tokenizer = find_tokenizer(run_dir) or joint_tokenizer(corpus_folder(data), data.src, data.tgt,
+                                                                data.vocab_size, log)
+        vocab = {"vocab_size": tokenizer.vocab_size, **special_ids(tokenizer)}
+        return models.from_section(run.model, "seq2seq", default="transformer", fixed=vocab), tokenizer
 
-
-class TranslationTask:
-    def __init__(self, run: RunConfig, run_dir: Path, log=print):
-        self.data = data = from_dict(TranslationDataConfig, run.data, where="data")
-        if run.train.batch_size != world().world_size:
-            raise ConfigError("the translation task batches by tokens: set train.batch_size to the number of "
-                              "processes (one batch of data.max_tokens tokens per process and micro-step) "
-                              "and use train.grad_accum for more")
-        folder = corpus_folder(data)
-        self.tokenizer = find_tokenizer(run_dir) or joint_tokenizer(folder, data.src, data.tgt, data.vocab_size, log)
-        self.model = build_seq2seq(run.model, self.tokenizer)
+    def prepare_training(self, log=print) -> None:
+        data, folder = self.data, corpus_folder(self.data)
         max_len = self.model.config.max_position_embeddings
         train = encode_pairs(self.tokenizer, *read_pairs(folder, "train", data.src, data.tgt), max_len, log)
-        self.train = TokenBatches(*train, data.max_tokens, self.tokenizer, seed=run.seed)
+        self.train = TokenBatches(*train, data.max_tokens, self.tokenizer, seed=self.run.seed)
         dev = encode_pairs(self.tokenizer, *read_pairs(folder, "dev", data.src, data.tgt), max_len, log)
         dev_batches = TokenBatches(*dev, data.max_tokens, self.tokenizer, seed=0)
-        every = max(1, len(dev_batches) // run.train.eval_batches)  # short and long sentences alike
-        self.val_batches = [dev_batches.collate(b) for b in dev_batches.batches[::every][:run.train.eval_batches]]
+        n_val = self.run.train.eval_batches
+        every = max(1, len(dev_batches) // n_val)  # short and long sentences alike
+        self.val_batches = [dev_batches.collate(b) for b in dev_batches.batches[::every][:n_val]]
         self.tokens_per_sample = self.train.target_tokens / len(self.train)
         log(f"{len(train[0]):,} training pairs in {len(self.train):,} batches of <= {data.max_tokens} tokens")
 
     def batches(self, first: int, count: int):
         if count != 1:
-            raise ConfigError("the translation task batches by tokens: set train.batch_size = 1")
+            raise ConfigError("the translation task batches by tokens: one batch per process and micro-step")
         return self.train.batch(first)
 
     def loss(self, model, batch) -> torch.Tensor:
@@ -116,9 +106,9 @@ class TranslationTask:
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
                                label_smoothing=self.data.label_smoothing)
 
-    def evaluate(self, model) -> dict[str, float]:
+    def validate(self, model) -> dict[str, float]:
         """Dev loss per target token, without smoothing (and its perplexity)."""
-        device = next(model.parameters()).device
+        device = device_of(model)
         total, count = 0.0, 0
         for b in self.val_batches:
             b = {k: v.to(device) for k, v in b.items()}
@@ -127,20 +117,21 @@ class TranslationTask:
             count += int((b["labels"] != -100).sum())
         return {"val_loss": total / count, "val_ppl": float(torch.tensor(total / count).exp())}
 
-    @staticmethod
-    def evaluate_run(run_dir: Path, run: RunConfig, split: str, out: Path, beam: int = 4,
-                     length_penalty: float = 0.6, max_sentences: int | None = None) -> dict:
+    def evaluate(self, model, split: str, out: Path, beam: int = 4, length_penalty: float = 0.6,
+                 max_sentences: int | None = None) -> dict:
         """Detokenised BLEU and chrF (sacrebleu) of the translations of a split, overall and by
         source length; writes the hypotheses (one per line of the split) and the scores."""
         import sacrebleu
 
-        model, tokenizer = load(run_dir)
-        check_seq2seq(model, run_dir)
-        data = from_dict(TranslationDataConfig, run.data, where="data")
+        if beam < 1:
+            raise ConfigError(f"--beam must be at least 1, got {beam}")
+        if max_sentences is not None and max_sentences < 1:
+            raise ConfigError(f"--max-sentences must be at least 1, got {max_sentences}")
+        data = self.data
         source, target = read_pairs(corpus_folder(data), split, data.src, data.tgt)
         rows = [i for i in range(len(source)) if source[i].strip() and target[i].strip()][:max_sentences]
         t0 = time.perf_counter()
-        hyps = translate_texts(model, tokenizer, [source[i] for i in rows], beam=beam, length_penalty=length_penalty)
+        hyps = translate_texts(model, self.tokenizer, [source[i] for i in rows], beam=beam, length_penalty=length_penalty)
         seconds = time.perf_counter() - t0
         refs = [target[i] for i in rows]
         bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
