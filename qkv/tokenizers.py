@@ -1,10 +1,12 @@
-"""Tokenizers: characters, and byte-level BPE trained with Hugging Face ``tokenizers``.
+"""Tokenizers: characters; byte-level BPE (GPT-2, translation) and WordPiece (BERT), both
+trained and run by Hugging Face ``tokenizers`` behind one base class, ``HFTokenizer``.
 
-Both expose ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size``,
-``save(directory)`` and a ``fingerprint`` naming their exact vocabulary (used to cache
-encoded corpora). A BPE tokenizer is saved as Hugging Face's ``tokenizer.json``; a
-character tokenizer as ``char_tokenizer.json``. A Hugging Face checkpoint's tokenizer is
-read from its ``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``.
+All expose ``kind``, ``encode(text) -> list[int]``, ``decode(ids) -> str``,
+``vocab_size``, ``save(directory)`` and a ``fingerprint`` naming their exact vocabulary
+(used to cache encoded corpora). BPE and WordPiece are saved as Hugging Face's
+``tokenizer.json``; a character tokenizer as ``char_tokenizer.json``. A Hugging Face
+checkpoint's tokenizer is read from its ``tokenizer.json``, GPT-2's ``vocab.json`` +
+``merges.txt``, or BERT's ``vocab.txt``.
 """
 from __future__ import annotations
 
@@ -83,14 +85,45 @@ class CharTokenizer:
         return cls(data["vocab"])
 
 
-class BPETokenizer:
-    """Byte-level BPE (GPT-2 style): any text encodes, nothing is unknown."""
+class HFTokenizer:
+    """What every tokenizer backed by a Hugging Face ``tokenizers.Tokenizer`` shares: its
+    vocabulary, decoding, a fingerprint of its exact vocabulary, and ``tokenizer.json``."""
 
-    kind = "bpe"
+    kind: str
     filename = "tokenizer.json"
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def id_to_token(self, i: int) -> str:
+        return self.tokenizer.id_to_token(i)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.kind}-{_fingerprint(self.tokenizer.to_str())}"
+
+    def save(self, directory: str | Path) -> None:
+        atomic_write_text(Path(directory) / self.filename, self.tokenizer.to_str())
+
+    @classmethod
+    def load(cls, file: Path):
+        try:
+            return cls(Tokenizer.from_file(str(file)))
+        except Exception as e:
+            raise TokenizerError(f"{file} is not a readable tokenizer.json ({e})") from e
+
+
+class BPETokenizer(HFTokenizer):
+    """Byte-level BPE (GPT-2 style): any text encodes, nothing is unknown."""
+
+    kind = "bpe"
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
@@ -107,32 +140,11 @@ class BPETokenizer:
         return cls(tok)
 
     @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
-
-    @property
     def eos_token_id(self) -> int | None:
         return self.tokenizer.token_to_id(EOT)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    @property
-    def fingerprint(self) -> str:
-        return f"bpe-{_fingerprint(self.tokenizer.to_str())}"
-
-    def save(self, directory: str | Path) -> None:
-        atomic_write_text(Path(directory) / self.filename, self.tokenizer.to_str())
-
-    @classmethod
-    def load(cls, file: Path) -> "BPETokenizer":
-        try:
-            return cls(Tokenizer.from_file(str(file)))
-        except Exception as e:
-            raise TokenizerError(f"{file} is not a readable tokenizer.json ({e})") from e
 
     @classmethod
     def from_vocab_merges(cls, vocab: Path, merges: Path) -> "BPETokenizer":
@@ -232,7 +244,7 @@ def _file_kind(file: Path) -> str:
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(HFTokenizer):
     """BERT's WordPiece (Wu et al., 2016; Devlin et al., 2019): Unicode-normalised,
     optionally lowercased words split greedily into the longest known pieces; pieces
     after the first carry the ``##`` prefix. Unknown words become ``[UNK]``.
@@ -243,12 +255,11 @@ class WordPieceTokenizer:
     """
 
     kind = "wordpiece"
-    filename = "tokenizer.json"
 
     def __init__(self, tokenizer: Tokenizer):
         tokenizer.no_truncation()
         tokenizer.no_padding()
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         ids = {t: tokenizer.token_to_id(t) for t in BERT_SPECIALS}
         self.pad_token_id, self.unk_token_id, self.cls_token_id, self.sep_token_id, self.mask_token_id = ids.values()
         self.special_ids = sorted(i for i in ids.values() if i is not None)
@@ -287,10 +298,6 @@ class WordPieceTokenizer:
         return cls(tok)
 
     @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
-
-    @property
     def eos_token_id(self) -> None:
         return None
 
@@ -307,12 +314,6 @@ class WordPieceTokenizer:
         enc = self.tokenizer.encode(text, add_special_tokens=False)
         return [text[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == self.unk_token_id]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    def id_to_token(self, i: int) -> str:
-        return self.tokenizer.id_to_token(i)
-
     def word_starts(self):
         """(vocab_size,) bool numpy array: True for pieces that begin a word (no ``##``)."""
         import numpy as np
@@ -321,20 +322,6 @@ class WordPieceTokenizer:
         for piece, i in self.tokenizer.get_vocab().items():
             starts[i] = not piece.startswith("##")
         return starts
-
-    @property
-    def fingerprint(self) -> str:
-        return f"wordpiece-{_fingerprint(self.tokenizer.to_str())}"
-
-    def save(self, directory: str | Path) -> None:
-        atomic_write_text(Path(directory) / self.filename, self.tokenizer.to_str())
-
-    @classmethod
-    def load(cls, file: Path) -> "WordPieceTokenizer":
-        try:
-            return cls(Tokenizer.from_file(str(file)))
-        except Exception as e:
-            raise TokenizerError(f"{file} is not a readable tokenizer.json ({e})") from e
 
 
 TOKENIZERS[WordPieceTokenizer.kind] = WordPieceTokenizer
