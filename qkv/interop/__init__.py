@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from . import bert, gpt2, hf, marian, vit
 
 # Hugging Face model_type -> converter

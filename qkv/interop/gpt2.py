@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models.gpt import GPT, GPTConfig
 from ..nn import ACTIVATIONS
 from .hf import GENERIC_CONFIG_KEYS

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models.transformer import Transformer, TransformerConfig
 from ..nn import ACTIVATIONS
 from .hf import GENERIC_CONFIG_KEYS

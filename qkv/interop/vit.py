@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..files import atomic_write_text, read_json
 from ..models.vit import ViT, ViTConfig
 from ..nn import ACTIVATIONS

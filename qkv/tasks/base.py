@@ -124,5 +124,17 @@ class Task:
         raise ConfigError(f"the {self.name} task has no `qkv evaluate`")
 
 
+def check_text_model(model, tokenizer, seq_len: int, context: str) -> None:
+    """A text model's vocabulary covers the tokenizer's, and its context (config field
+    ``context``) holds ``data.seq_len`` tokens."""
+    c = model.config
+    if c.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={c.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size}; remove it to use the tokenizer's size")
+    if seq_len > getattr(c, context):
+        raise ConfigError(f"data.seq_len={seq_len} exceeds the model's context (model.{context}="
+                          f"{getattr(c, context)}); lower data.seq_len or raise model.{context}")
+
+
 def device_of(model) -> torch.device:
     return next(model.parameters()).device

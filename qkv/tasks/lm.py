@@ -20,7 +20,7 @@ from ..data import prepared
 from ..data.lm import TokenWindows, corpus_tokenizer, encode_corpus
 from ..errors import ConfigError
 from ..tokenizers import find_tokenizer
-from .base import Task, device_of
+from .base import Task, check_text_model, device_of
 
 TOKENIZER_KINDS = ("char", "bpe")
 
@@ -56,12 +56,7 @@ class LanguageModelTask(Task):
                               f"{data.tokenizer!r}; use a new out_dir")
         model = models.from_section(run.model, "causal_lm", default="gpt",
                                     data={"vocab_size": tokenizer.vocab_size})
-        if model.config.vocab_size < tokenizer.vocab_size:
-            raise ConfigError(f"model.vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
-                              f"{tokenizer.vocab_size}; remove it to use the tokenizer's size")
-        if data.seq_len > model.config.block_size:
-            raise ConfigError(f"data.seq_len={data.seq_len} exceeds the model's context (model.block_size="
-                              f"{model.config.block_size}); lower data.seq_len or raise model.block_size")
+        check_text_model(model, tokenizer, data.seq_len, "block_size")
         return model, tokenizer
 
     def tokens(self) -> dict:

@@ -25,7 +25,7 @@ from ..data.lm import TokenWindows, encode_cached, mix64
 from ..data.mlm import IGNORE, Masker
 from ..errors import ConfigError
 from ..tokenizers import WordPieceTokenizer, find_tokenizer
-from .base import Task, device_of
+from .base import Task, check_text_model, device_of
 
 
 @dataclass
@@ -114,12 +114,7 @@ class MaskedLanguageModelTask(Task):
         model = models.from_section(run.model, "text_encoder", default="bert",
                                     data={"vocab_size": tokenizer.vocab_size, "add_pooler": False},
                                     fixed={"head": "mlm"})
-        if model.config.vocab_size < tokenizer.vocab_size:
-            raise ConfigError(f"model.vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
-                              f"{tokenizer.vocab_size}; remove it to use the tokenizer's size")
-        if data.seq_len > model.config.max_position_embeddings:
-            raise ConfigError(f"data.seq_len={data.seq_len} exceeds model.max_position_embeddings="
-                              f"{model.config.max_position_embeddings}")
+        check_text_model(model, tokenizer, data.seq_len, "max_position_embeddings")
         return model, tokenizer
 
     def prepare_training(self) -> None:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, apply_overrides, from_dict, load_toml
-from ..errors import CheckpointError
+from ..config import apply_overrides, from_dict, load_toml
+from ..errors import CheckpointError, ConfigError
 from ..files import read_json
 
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")

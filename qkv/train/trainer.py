@@ -38,10 +38,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import ConfigError
-from ..errors import TrainingDiverged
-from ..io import latest_checkpoint
 from ..device import resolve_device
+from ..errors import ConfigError, TrainingDiverged
+from ..io import latest_checkpoint
 from .checkpoint import load_checkpoint, save_checkpoint
 from . import distributed
 from .config import TrainConfig
