@@ -44,7 +44,12 @@ def read_config(directory: Path) -> dict:
     """config.json of a model directory, or of the run a checkpoint directory belongs to."""
     for candidate in (directory, *directory.parents[:2]):
         if (candidate / CONFIG).is_file():
-            return read_json(candidate / CONFIG)
+            config = read_json(candidate / CONFIG)
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{candidate / CONFIG} must be a JSON object (model_type and the config's "
+                                      f"fields), got a {type(config).__name__}; restore the config.json saved "
+                                      "with the model")
+            return config
     raise CheckpointError(f"no {CONFIG} in {directory}: is this a qkv run or model directory?")
 
 

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,10 +73,16 @@ def test_help_explains_the_commands(capsys):
 
 
 def test_kill_9_and_restart_continues_the_curve(data_root, tmp_path):
-    """A real process killed with SIGKILL mid-run, then the same command again."""
+    """A real process killed with SIGKILL mid-run, then the same command again: it resumes
+    from the last checkpoint and the curve is the one an uninterrupted run draws."""
+    max_steps = 40  # long enough that the run is still going when its first checkpoint lands
+
     def command(out):
         return [sys.executable, "-m", "qkv", "train", str(CHAR_CONFIG), "--no-progress",
-                *sets(*TINY, f"out_dir={out}", "train.max_steps=15", "model.dropout=0.1")]
+                *sets(*TINY, f"out_dir={out}", f"train.max_steps={max_steps}", "model.dropout=0.1")]
+
+    def curve(name):
+        return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(tmp_path / name / "metrics.jsonl")]
 
     env = {**os.environ, "QKV_DATA": str(data_root)}
     subprocess.run(command(tmp_path / "straight"), env=env, check=True, capture_output=True)
@@ -84,16 +91,24 @@ def test_kill_9_and_restart_continues_the_curve(data_root, tmp_path):
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     deadline = time.time() + 120
     while not latest.is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
     assert latest.is_file(), "the run never wrote a checkpoint"
-    subprocess.run(command(tmp_path / "killed"), env=env, check=True, capture_output=True)
+    killed_at = int(latest.read_text().strip()[len("step-"):])
+    assert 0 < killed_at < max_steps
+    assert max(step for step, _, _ in curve("killed")) < max_steps  # training had not reached the end
 
-    def curve(name):
-        return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(tmp_path / name / "metrics.jsonl")]
+    again = subprocess.run(command(tmp_path / "killed"), env=env, check=True, capture_output=True, text=True)
+    resumed = re.search(r"resuming .* from step (\d+)", again.stderr + again.stdout)
+    assert resumed and int(resumed[1]) == killed_at, again.stderr[-2000:]
 
-    assert curve("killed") == curve("straight")
+    straight, killed = curve("straight"), curve("killed")
+    assert [step for step, loss, _ in straight if loss is not None] == list(range(1, max_steps + 1))
+    assert len(killed) == len(straight)
+    assert killed == straight
 
 
 def test_plot_draws_the_curves_of_several_runs(trained, tmp_path, capsys):

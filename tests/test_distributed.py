@@ -69,23 +69,46 @@ def test_batch_must_split_evenly(data_root, tmp_path):
     assert "train.batch_size=7 must be divisible by the number of processes (2)" in done.stderr
 
 
-def _worker_pids(launcher: int) -> dict[int, int]:
-    """rank -> pid of the processes torchrun (a child of ``launcher``) started."""
-    ranks = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid``, as the kernel lists them per thread of that process
+    (/proc/PID/task/TID/children): no scan of other processes."""
+    kids = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # the process has ended
+        return kids
+    for task in tasks:
         try:
-            env = (proc / "environ").read_bytes().split(b"\0")
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        if b"TORCHELASTIC_RUN_ID" not in b"".join(env):
-            continue
-        rank = [e for e in env if e.startswith(b"RANK=")]
-        if rank and int(stat.rsplit(")", 1)[1].split()[1]) != launcher:
-            ranks[int(rank[0][5:])] = int(proc.name)
+            kids += [int(kid) for kid in (task / "children").read_text().split()]
+        except OSError:  # the thread has ended
+            pass
+    return kids
+
+
+def _rank_pids(launcher: int) -> dict[int, int]:
+    """rank -> pid of the ranks of the job that ``launcher`` (the `qkv train --nproc` this test
+    started) runs: it starts torchrun, whose children are the ranks, each with RANK set."""
+    ranks = {}
+    for torchrun in _children(launcher):
+        for worker in _children(torchrun):
+            env = dict(item.split(b"=", 1) for item in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+                       if b"=" in item)
+            if b"RANK" in env:
+                ranks[int(env[b"RANK"])] = worker
     return ranks
+
+
+def _stop(launcher: subprocess.Popen) -> None:
+    """Kill whatever is left of the job: its ranks, its torchrun, then ``launcher`` itself."""
+    if launcher.poll() is None:
+        for torchrun in _children(launcher.pid):
+            for pid in (*_children(torchrun), torchrun):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        launcher.kill()
+    launcher.wait()
 
 
 def test_a_killed_rank_stops_the_job_and_a_restart_resumes(data_root, tmp_path):
@@ -95,16 +118,16 @@ def test_a_killed_rank_stops_the_job_and_a_restart_resumes(data_root, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     latest = out / "checkpoints" / "latest"
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and (
-            not latest.is_file() or latest.read_text().strip() < "step-000010"):
-        time.sleep(0.1)
-    workers = _worker_pids(proc.pid)
-    assert set(workers) == {0, 1}, workers
-    os.kill(workers[1], signal.SIGKILL)
     try:
+        while time.time() < deadline and proc.poll() is None and (
+                not latest.is_file() or latest.read_text().strip() < "step-000010"):
+            time.sleep(0.1)
+        workers = _rank_pids(proc.pid)
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        _stop(proc)  # on a failure above, no rank is left training 100000 steps
     assert proc.returncode != 0
     assert "lost contact with another process" in stderr or "ChildFailedError" in stderr, stderr[-2000:]
     step = int(latest.read_text().strip()[len("step-"):])
@@ -124,6 +147,7 @@ def test_fsdp_trains_checkpoints_resumes_and_exports_what_one_process_trains(one
     assert second.returncode == 0, second.stderr
     assert "from step 6" in second.stderr
     reference = losses(one)
+    assert sorted(losses(out)) == sorted(reference) == list(range(1, 11))
     for step, loss in losses(out).items():
         assert loss == pytest.approx(reference[step], rel=1e-4, abs=1e-5), step
     assert main(["export", str(out)]) == 0

@@ -59,6 +59,7 @@ def test_resume_continues_the_same_run(image_data, tmp_path):
     train("vit-mnist.toml", tmp_path / "half", "train.max_steps=3")
     train("vit-mnist.toml", tmp_path / "half")  # resumes at step 3
     losses = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if "loss" in r] for d in (tmp_path / "full", tmp_path / "half")]
+    assert len(losses[0]) == len(losses[1]) == 6
     assert losses[0] == losses[1]
 
 

@@ -56,13 +56,16 @@ def test_interrupted_run_resumes_with_the_same_loss_curve(data_root, tmp_path, m
     monkeypatch.setattr(LanguageModelTask, "batches", original)
     assert (tmp_path / "stopped" / "checkpoints" / "latest").read_text().strip() == "step-000007"
     resumed = run(tmp_path, *common, name="stopped")
+    assert len(losses(resumed)) == len(losses(straight)) == 12
     assert losses(resumed) == losses(straight)
+    assert len(losses(resumed, "val_loss")) == len(losses(straight, "val_loss")) > 0
     assert losses(resumed, "val_loss") == losses(straight, "val_loss")
 
 
 def test_gradient_accumulation_sees_the_same_samples_as_one_big_batch(data_root, tmp_path):
     big = run(tmp_path, "train.max_steps=4", "train.batch_size=8", name="big")
     accumulated = run(tmp_path, "train.max_steps=4", "train.batch_size=4", "train.grad_accum=2", name="acc")
+    assert len(losses(big)) == len(losses(accumulated)) == 4
     for (step_a, a), (step_b, b) in zip(losses(big), losses(accumulated)):
         assert step_a == step_b and a == pytest.approx(b, abs=1e-5)
 

@@ -2,6 +2,7 @@
 config says (grey or RGB, size, normalisation)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,12 @@ def load_image(path: str | Path, config) -> torch.Tensor:
             image = image.convert("L" if config.num_channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not an image Pillow can read ({type(e).__name__}); give a PNG, JPEG, ...") from e
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow refuses to decode it at all
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        count = f"{int(pixels[1]):,} pixels" if pixels else "too many pixels"
+        raise ValueError(f"{path} is too large to open safely ({count}, Pillow's limit is "
+                         f"{2 * Image.MAX_IMAGE_PIXELS:,}); resize the image first (the model takes "
+                         f"{config.image_size}x{config.image_size})") from e
     if config.num_channels not in (1, 3):
         raise ValueError(f"the model takes {config.num_channels}-channel images; qkv classify reads grey or RGB")
     size = (config.image_size, config.image_size)

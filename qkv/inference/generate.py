@@ -6,6 +6,7 @@ of its last ``block_size`` tokens (as nanoGPT does), recomputed for each new tok
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -31,8 +32,8 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

@@ -32,11 +32,13 @@ def register(cls: type) -> type:
     for attr in ("model_type", "role", "config_class"):
         if not hasattr(cls, attr):
             raise TypeError(f"{cls.__name__} must declare {attr} to be registered")
+    presets = getattr(cls, "presets", {})
+    taken = [name for name in (cls.model_type, *presets) if name in MODELS or name in PRESETS]
+    if taken:  # checked before the registry changes, so that a refused class leaves no trace
+        raise TypeError(f"model_type or preset name {', '.join(map(repr, taken))} of {cls.__name__} "
+                        "is already taken")
     MODELS[cls.model_type] = cls
-    for name, values in getattr(cls, "presets", {}).items():
-        if name in PRESETS or name in MODELS:
-            raise TypeError(f"preset name {name!r} of {cls.__name__} is already taken")
-        PRESETS[name] = (cls.model_type, values)
+    PRESETS.update((name, (cls.model_type, values)) for name, values in presets.items())
     return cls
 
 

@@ -142,7 +142,7 @@ class ImageClassificationTask(Task):
         k = c.num_labels
         matrix = np.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
         out.mkdir(parents=True, exist_ok=True)
-        png = plot_confusion(matrix, c.label_names, out, title=f"{out.parent.name}, {split} split")
+        png = plot_confusion(matrix, c.label_names, out, title=f"{Path(self.run.out_dir).name}, {split} split")
         width = max(len(n) for n in c.label_names)
         print(f"confusion matrix (rows: true class, columns: predicted), {split} split:")
         print(" " * width + "".join(f"{i:>6d}" for i in range(k)))

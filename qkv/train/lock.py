@@ -19,6 +19,26 @@ from ..files import make_dirs, write_error
 LOCK = ".lock"
 
 
+def busy(run_dir: Path, pid: str) -> ConfigError:
+    return ConfigError(f"{run_dir} is being trained by another process (pid {pid}); "
+                       "wait for it or use another out_dir")
+
+
+def holder(run_dir: str | Path) -> str | None:
+    """The pid of the process training ``run_dir`` now, or None; creates nothing."""
+    path = Path(run_dir) / LOCK
+    try:
+        file = open(path)
+    except OSError:
+        return None
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return file.read().strip() or "unknown"
+        return None  # closing the file releases the probe
+
+
 class RunLock:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -37,8 +57,7 @@ class RunLock:
             file.seek(0)
             pid = file.read().strip() or "unknown"
             file.close()
-            raise ConfigError(f"{self.run_dir} is being trained by another process (pid {pid}); "
-                              "wait for it or use another out_dir") from None
+            raise busy(self.run_dir, pid) from None
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")

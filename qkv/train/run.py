@@ -19,7 +19,7 @@ from ..files import atomic_write_text, read_json
 from ..io import latest_checkpoint, save_config
 from . import distributed
 from .config import RUN_CONFIG, RunConfig, incompatible, load_run_config, read_run
-from .lock import LOCK, RunLock
+from .lock import LOCK, RunLock, busy, holder
 from .trainer import Trainer
 
 
@@ -29,12 +29,20 @@ def _task_class(name: str):
     return task_class(name)
 
 
-def check_run_dir(run_dir: Path, tree: dict) -> bool:
-    """Whether ``run_dir`` holds this run already (to be continued). A missing or empty
+def check_run_dir(run_dir: Path, tree: dict, locked: bool = False) -> bool:
+    """Whether ``run_dir`` holds this run already (to be continued). One another process
+    is training is refused (unless ``locked``: this process holds the lock). A missing or empty
     folder starts a new run; a folder with files that are not a qkv run, or a qkv run
     with another config, is refused."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"out_dir {run_dir} is a file, not a folder; choose another out_dir")
+    folder = next(p for p in run_dir.absolute().parents if p.exists())  # the nearest that exists
+    if not folder.is_dir():
+        raise ConfigError(f"out_dir {run_dir} is inside {folder}, which is a file, not a folder; "
+                          "choose another out_dir")
+    pid = None if locked else holder(run_dir)  # (once we hold the lock, we are its holder)
+    if pid is not None:
+        raise busy(run_dir, pid)
     if not run_dir.exists() or not any(p.name != LOCK for p in run_dir.iterdir()):
         return False
     if not (run_dir / RUN_CONFIG).is_file():
@@ -42,8 +50,9 @@ def check_run_dir(run_dir: Path, tree: dict) -> bool:
                           "not write into it. Choose another out_dir (--set out_dir=runs/NEW_NAME)")
     diffs = incompatible(read_json(run_dir / RUN_CONFIG), tree)
     if diffs:
-        state = "resume" if latest_checkpoint(run_dir) is not None else "reuse (it has no checkpoint yet)"
-        raise ConfigError(f"cannot {state} {run_dir}: the config differs from the run's in settings it must "
+        state = (f"resume {run_dir}" if latest_checkpoint(run_dir) is not None
+                 else f"reuse {run_dir} (it has no checkpoint yet)")
+        raise ConfigError(f"cannot {state}: the config differs from the run's in settings it must "
                           f"keep ({'; '.join(diffs)}). Restore them, or start a new run with "
                           "--set out_dir=runs/NEW_NAME")
     return True
@@ -70,11 +79,16 @@ def build_task(task_cls, run: RunConfig, run_dir: Path, world):
     return task
 
 
-def _remove_empty(run_dir: Path) -> None:
-    """Remove a run directory this run created, if it holds nothing but the lock file."""
+def _remove_empty(run_dir: Path, top: Path) -> None:
+    """Remove a run directory this run created, if it holds nothing but the lock file, and
+    the folders above it up to ``top`` that creating it made, while they are empty."""
     if run_dir.is_dir() and all(p.name == LOCK for p in run_dir.iterdir()):
         (run_dir / LOCK).unlink(missing_ok=True)
         run_dir.rmdir()
+        for folder in run_dir.parents:
+            if folder == top.parent or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def train(config_path: str | Path, overrides: list[str] = (), *, resume: bool = False,
@@ -87,18 +101,19 @@ def train(config_path: str | Path, overrides: list[str] = (), *, resume: bool = 
     if resume and latest_checkpoint(run_dir) is None:
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from")
     new = not run_dir.exists()
+    top = next((p for p in reversed((run_dir, *run_dir.parents)) if not p.exists()), run_dir)  # mkdir -p's first
     world, _ = distributed.setup(device)
     try:
         if world.is_main:
             check_run_dir(run_dir, tree)
         with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
             if world.is_main:
-                check_run_dir(run_dir, tree)  # again, now that no other process can change it
+                check_run_dir(run_dir, tree, locked=True)  # again, now that no other process can change it
             try:
                 task = build_task(task_cls, run, run_dir, world)
             except BaseException:
                 if new and world.is_main:  # nothing of this run was written: leave no trace
-                    _remove_empty(run_dir)
+                    _remove_empty(run_dir, top)
                 raise
             trainer = Trainer(task.model, run.train, run_dir, batches=task.batches, loss=task.loss,
                               evaluate=task.validate, tokens_per_sample=task.tokens_per_sample,
