@@ -10,6 +10,10 @@ concatenated and projected. It serves self-attention (one fused Q/K/V projection
 ``c_attn``) and cross-attention (``q_attn`` on the queries, fused K/V ``c_attn`` on the
 context); the names follow Hugging Face's GPT-2 so checkpoints convert by renaming.
 
+Capturing: give a ``MultiHeadAttention`` a list as ``captured`` (``qkv.nn.capture`` does
+this for chosen layers of any model) and each forward call appends its weights there,
+computed on the explicit path; layers not captured keep the fused kernel.
+
 ``KVCache`` holds the keys and values of tokens already decoded, so that generating a
 token costs one position, not the whole prefix. It lives outside the model: generation
 creates one and passes it in; training never sees it.
@@ -138,6 +142,7 @@ class MultiHeadAttention(nn.Module):
         self.c_proj = nn.Linear(dim, dim, bias=bias)
         self.attn_dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
+        self.captured: list[Tensor] | None = None  # a list: each call appends its weights (B, H, T, S)
 
     def _heads(self, t: Tensor) -> Tensor:  # (B, T, H*D) -> (B, H, T, D)
         return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -175,6 +180,7 @@ class MultiHeadAttention(nn.Module):
             k, v = self._heads(k), self._heads(v)
         if cache is not None:
             k, v = cache.update(k, v)
+        need_weights = need_weights or self.captured is not None
         out, weights = scaled_dot_product_attention(
             self._heads(q),
             k,
@@ -185,5 +191,7 @@ class MultiHeadAttention(nn.Module):
             scale=self.scale,
             need_weights=need_weights,
         )
+        if self.captured is not None:
+            self.captured.append(weights.detach())
         out = out.transpose(1, 2).flatten(2)
         return self.resid_dropout(self.c_proj(out)), weights
