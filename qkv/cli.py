@@ -213,6 +213,53 @@ def cmd_fill_mask(args) -> int:
     return 0
 
 
+MEASURES = {  # what `qkv analyze` measures -> (positional words after it, options it takes)
+    "attention": ((), ("text", "src", "tgt", "layer", "head", "kind")),
+    "rollout": (("IMAGE",), ("head_fusion", "discard_ratio")),
+    "positions": ((), ()),
+    "distance": ((), ("split", "count")),
+    "cka": (("RUN_B",), ("split", "count")),
+}
+ANALYZE_DEFAULTS = dict(text=None, src=None, tgt=None, layer=-1, head=None, kind="cross", head_fusion="mean",
+                        discard_ratio=0.0, split="val", count=None)
+
+
+def cmd_analyze(args) -> int:
+    from pathlib import Path
+
+    from .analysis import commands
+
+    words = list(args.words)
+    if words and words[0] == "cka":  # qkv analyze cka RUN_A RUN_B
+        words = [words[1] if len(words) > 1 else "", "cka", *words[2:]]
+    if len(words) < 2 or words[1] not in MEASURES:
+        args.parser.error(f"say what to measure: RUN_DIR {{{','.join(m for m in MEASURES if m != 'cka')}}} "
+                          "or cka RUN_A RUN_B")
+    run_dir, measure, rest = words[0], words[1], words[2:]
+    needs, takes = MEASURES[measure]
+    if len(rest) != len(needs):
+        args.parser.error(f"{measure} takes {' '.join(needs) or 'no more words'}, got {' '.join(rest) or 'none'}")
+    given = [k for k, v in ANALYZE_DEFAULTS.items() if getattr(args, k) != v and k not in takes]
+    if given:
+        args.parser.error(f"{measure} does not take {', '.join('--' + g.replace('_', '-') for g in given)}")
+    out = Path(args.out or Path(run_dir) / "analysis")
+    count = {} if args.count is None else {"count": args.count}
+    if measure == "attention":
+        png = commands.attention(run_dir, out, text=args.text, src=args.src, tgt=args.tgt, layer=args.layer,
+                                 head=args.head, kind=args.kind)
+    elif measure == "rollout":
+        png = commands.rollout(run_dir, rest[0], out, head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
+    elif measure == "positions":
+        png = commands.positions(run_dir, out)
+    elif measure == "distance":
+        png = commands.distance(run_dir, args.split, out, **count)
+    else:
+        png = commands.cka(run_dir, rest[0], args.split, out, **count)
+    print(png)
+    print(png.with_suffix(".json"))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .train.plot import plot_runs
 
@@ -334,6 +381,34 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("text", help='text with one or more [MASK], e.g. "To be or not to [MASK]."')
     fm.add_argument("--top", type=int, default=5, help="candidates per [MASK] (default 5)")
     fm.set_defaults(func=cmd_fill_mask)
+
+    an = sub.add_parser(
+        "analyze", help="look inside a trained model: attention, rollout, positions, distance, CKA",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure what a run's model does and draw it: a PNG and its numbers as JSON, under "
+                    "RUN_DIR/analysis (or --out).",
+        epilog="""measures:
+  qkv analyze RUN_DIR attention --text "..." [--layer L --head H]   token x token maps, a grid of heads
+  qkv analyze RUN_DIR attention --src "..." [--tgt "..."] [--kind cross|encoder|decoder]
+                                                 a translation run: the cross-attention alignment
+  qkv analyze RUN_DIR rollout IMAGE.png          attention rollout of an image model, over the image
+  qkv analyze RUN_DIR positions                  cosine similarity of a ViT's position embeddings
+  qkv analyze RUN_DIR distance --split val       mean attention distance per head against depth
+  qkv analyze cka RUN_A RUN_B --split val        layer x layer CKA of two models on the same inputs""")
+    an.add_argument("words", nargs="+", metavar="RUN_DIR MEASURE [ARG]")
+    an.add_argument("--text", help="attention: the text to read")
+    an.add_argument("--src", help="attention, translation run: the source sentence")
+    an.add_argument("--tgt", help="attention, translation run: the target (default: its greedy translation)")
+    an.add_argument("--kind", choices=("cross", "encoder", "decoder"), default="cross",
+                    help="attention, translation run: which attention (default: cross)")
+    an.add_argument("--layer", type=int, default=-1, help="attention: which layer (default: the last)")
+    an.add_argument("--head", type=int, help="attention: one head (default: all)")
+    an.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean", help="rollout: how heads are fused")
+    an.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of the weakest weights")
+    an.add_argument("--split", default="val", help="distance, cka: the split whose inputs are used (default: val)")
+    an.add_argument("--count", type=int, help="distance, cka: how many examples (default 256 / 512)")
+    an.add_argument("--out", metavar="DIR", help="where the PNG and JSON go (default: RUN_DIR/analysis)")
+    an.set_defaults(func=cmd_analyze, parser=an)
 
     pl = sub.add_parser("plot", help="draw training curves of one or more runs (PNG)",
                         description="Draw loss (validation dashed), learning rate and throughput "

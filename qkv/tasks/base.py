@@ -18,7 +18,8 @@ and then offers:
 - ``validate(model)``: the few fixed validation batches the Trainer scores as it trains;
 - ``evaluate(model, split, out, **options)``: the metrics of a whole split (``qkv
   evaluate``), writing any files (hypotheses, figures) under ``out``; ``options`` are the
-  task's own, declared in ``options`` so that the command line offers exactly those.
+  task's own, declared in ``options`` so that the command line offers exactly those;
+- ``inputs(split, count)``: a fixed batch of model inputs from a split (``qkv analyze``).
 
 ``batching`` says what ``train.batch_size`` counts: ``"samples"`` (the default), or
 ``"tokens"`` for a task whose batches hold a token budget (``data.max_tokens``) of
@@ -119,9 +120,14 @@ class Task:
     def validate(self, model) -> dict[str, float]:
         return {}
 
-    # -- evaluation ---------------------------------------------------------------------
+    # -- evaluation and analysis ----------------------------------------------------------
     def evaluate(self, model, split: str, out: Path, **options) -> dict[str, Any]:
         raise ConfigError(f"the {self.name} task has no `qkv evaluate`")
+
+    def inputs(self, split: str, count: int) -> torch.Tensor:
+        """The model inputs of the first ``count`` examples of a split, always the same
+        (what ``qkv analyze`` measures a model on)."""
+        raise ConfigError(f"the {self.name} task gives no inputs to analyse")
 
 
 def check_text_model(model, tokenizer, seq_len: int, context: str) -> None:

@@ -129,6 +129,10 @@ class ImageClassificationTask(Task):
         logits = torch.cat([model(x[i:i + 256].to(device)).float().cpu() for i in range(0, len(x), 256)])
         return {"val_loss": F.cross_entropy(logits, y).item(), "val_acc": (logits.argmax(-1) == y).float().mean().item()}
 
+    def inputs(self, split: str, count: int) -> torch.Tensor:
+        images, _ = load_split(self.folder, split)
+        return to_pixels(images[:count], *self.model.config.mean_std)
+
     @torch.no_grad()
     def evaluate(self, model, split: str, out: Path) -> dict:
         """Accuracy on a whole split, and its confusion matrix (printed, and saved as

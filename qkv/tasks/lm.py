@@ -82,6 +82,14 @@ class LanguageModelTask(Task):
                   for x, y in self.val_batches]
         return {"val_loss": torch.stack(losses).mean().item()}
 
+    def inputs(self, split: str, count: int) -> torch.Tensor:
+        tokens = self.tokens()
+        if split not in tokens:
+            raise ConfigError(f"data set {self.data.name!r} has no {split!r} split; it has {sorted(tokens)}")
+        n = self.data.seq_len
+        usable = min(count, len(tokens[split]) // n)
+        return torch.from_numpy(tokens[split][:usable * n].astype("int64")).view(usable, n)
+
     @torch.no_grad()
     def evaluate(self, model, split: str, out: Path) -> dict[str, float]:
         """Mean next-token loss over every token of a split (non-overlapping windows)."""

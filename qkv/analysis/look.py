@@ -1,0 +1,83 @@
+"""Running a model once to look inside it: its attention maps and hidden states, for text,
+a translation or images. Everything here reads a trained model and nothing else."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..nn import capture
+
+
+@dataclass
+class Maps:
+    """Attention maps of one input: per layer (1, heads, queries, keys), with the labels of
+    the queries and keys (tokens or patches)."""
+    layers: list[Tensor]
+    names: list[str]         # the attention modules, in layer order
+    queries: list[str]
+    keys: list[str]
+
+
+def _forward(model, inputs: Tensor, attention_mask: Tensor | None = None):
+    """One forward pass that reaches every layer (without a task head where there is one)."""
+    if hasattr(model, "forward_features"):
+        return model.forward_features(inputs, attention_mask) if attention_mask is not None \
+            else model.forward_features(inputs)
+    return model(inputs)
+
+
+@torch.no_grad()
+def text_maps(model, tokenizer, text: str, pattern: str = "*") -> Maps:
+    """Self-attention of a text model (GPT, BERT) over the tokens of ``text``."""
+    if tokenizer is None:
+        raise ConfigError("this model has no tokenizer to read --text with")
+    ids = tokenizer.encode(text, special=True) if getattr(tokenizer, "kind", "") == "wordpiece" \
+        else tokenizer.encode(text)
+    if not ids:
+        raise ConfigError("the text is empty; give --text some words")
+    with capture(model, pattern) as seen:
+        _forward(model, torch.tensor([ids]))
+    tokens = [tokenizer.decode([i]) for i in ids]
+    return Maps(seen.maps(), list(seen.attentions), tokens, tokens)
+
+
+@torch.no_grad()
+def translation_maps(model, tokenizer, source: str, target: str | None = None, kind: str = "cross") -> Maps:
+    """Cross-attention (``kind="cross"``: target tokens over source tokens), encoder or
+    decoder self-attention of a seq2seq model, for ``source`` and its greedy translation
+    (or the given ``target``), teacher-forced."""
+    from ..inference.translate import check_seq2seq, translate_texts
+    from ..tokenizers import special_ids
+
+    check_seq2seq(model, "the model")
+    ids = special_ids(tokenizer)
+    if target is None:
+        target = translate_texts(model, tokenizer, [source], beam=1)[0]
+    src = tokenizer.encode(source) + [ids["eos_token_id"]]
+    tgt = [ids["bos_token_id"]] + tokenizer.encode(target)
+    pattern = {"cross": "*crossattention", "encoder": "encoder.*.attn", "decoder": "decoder.*.attn"}[kind]
+    with capture(model, pattern) as seen:
+        model(torch.tensor([src]), torch.tensor([tgt]))
+    src_tokens = [tokenizer.decode([i]) for i in src]
+    tgt_tokens = [tokenizer.decode([i]) for i in tgt]
+    queries = src_tokens if kind == "encoder" else tgt_tokens
+    return Maps(seen.maps(), list(seen.attentions), queries, tgt_tokens if kind == "decoder" else src_tokens)
+
+
+@torch.no_grad()
+def image_maps(model, pixel_values: Tensor) -> list[Tensor]:
+    """Per layer (B, heads, tokens, tokens) self-attention of an image model."""
+    with capture(model) as seen:
+        _forward(model, pixel_values)
+    return seen.maps()
+
+
+@torch.no_grad()
+def hidden_states(model, inputs: Tensor) -> list[Tensor]:
+    """Every residual layer's output (B, tokens, width), in order (for CKA)."""
+    with capture(model, attentions=None, hidden="*") as seen:
+        _forward(model, inputs)
+    return [calls[0] for calls in seen.hidden.values()]
