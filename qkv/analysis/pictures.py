@@ -35,7 +35,7 @@ def heads_figure(maps: np.ndarray, queries: list[str], keys: list[str], title: s
     """A grid of heatmaps, one per head: ``maps`` (heads, queries, keys)."""
     rows, cols = _grid(len(maps))
     size = max(2.5, 0.22 * max(len(queries), len(keys)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False, layout="constrained")
     for h, ax in enumerate(axes.flat):
         ax.axis("off")
         if h >= len(maps):
