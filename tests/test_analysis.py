@@ -254,3 +254,20 @@ def test_analyze_usage_errors(vit_runs, lm_run, capsys):
     assert "needs an image model" in capsys.readouterr().err
     assert main(["analyze", str(lm_run), "attention", "--text", "ROMEO", "--layer", "7"]) == 2
     assert "--layer 7 is out of range" in capsys.readouterr().err
+
+
+def test_cka_of_a_vit_against_a_cnn_and_what_a_windowed_model_cannot_give(vit_runs, tmp_path, capsys):
+    from qkv.analysis import hidden_states
+
+    vit, _ = qkv.load(vit_runs[0])
+    resnet = qkv.models.build("resnet-28-small").eval()
+    x = torch.randn(8, 1, 28, 28)
+    feats_vit, feats_cnn = hidden_states(vit, x), hidden_states(resnet, x)
+    assert len(feats_vit) == 2 and len(feats_cnn) == sum(resnet.config.depths)  # one per residual block
+    both = MinibatchCKA(len(feats_vit), len(feats_cnn))
+    both.update(feats_vit, feats_cnn)
+    assert both.compute().shape == (2, len(feats_cnn))
+    swin_run = tmp_path / "swin"
+    qkv.save_model(qkv.models.build("swin-28-tiny"), swin_run)
+    assert main(["analyze", str(swin_run), "positions"]) == 2
+    assert "a 'swin' model has none" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def test_a_second_process_is_refused_while_the_first_trains(data_root, tmp_path,
                              env={**os.environ, "QKV_DATA": str(data_root)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        lock, deadline = out / ".lock", time.time() + 60
+        lock, deadline = out / ".lock", time.time() + 180
         while time.time() < deadline and first.poll() is None:
             if lock.is_file() and lock.read_text().strip() == str(first.pid):
                 break

@@ -107,5 +107,5 @@ def test_config_errors(image_data, tmp_path):
     with pytest.raises(qkv.config.ConfigError, match=r"\[model\] sets num_channels=3, but the data dictates num_channels=1"):
         task.for_training(run, tmp_path)
     run = load_run_config(ROOT / "configs" / "vit-mnist.toml", ["model.preset=gpt2"])
-    with pytest.raises(qkv.config.ConfigError, match=r"role 'image_classifier' \(vit\), not 'gpt'"):
+    with pytest.raises(qkv.config.ConfigError, match=r"role 'image_classifier' \(resnet, swin, vit\), not 'gpt'"):
         task.for_training(run, tmp_path)

@@ -12,6 +12,7 @@ import qkv.models
 from qkv import data
 from qkv.cli import main
 from qkv.errors import ConfigError
+from qkv.models.images import ImageClassifier, ImageConfig
 from qkv.tasks import TASKS
 from qkv.train import evaluate_run
 from qkv.train.config import load_run_config
@@ -41,7 +42,7 @@ def test_an_unknown_name_lists_the_kinds_and_presets():
 
 def test_kinds_by_role():
     assert qkv.models.kinds("seq2seq") == ["lstm_seq2seq", "transformer"]
-    assert qkv.models.kinds("image_classifier") == ["vit"]
+    assert qkv.models.kinds("image_classifier") == ["resnet", "swin", "vit"]
     assert qkv.models.kinds("causal_lm") == ["gpt"]
     assert qkv.models.kinds("no such role") == []
 
@@ -66,7 +67,7 @@ def test_a_taken_name_is_refused_and_the_registry_is_left_as_it_was():
 
 # -- a model the image-classification task has never heard of -----------------------------
 @dataclass
-class TinyMLPConfig:
+class TinyMLPConfig(ImageConfig):
     image_size: int = 28
     num_channels: int = 1
     num_labels: int = 10
@@ -76,31 +77,25 @@ class TinyMLPConfig:
     image_mean: list[float] = field(default_factory=list)
     image_std: list[float] = field(default_factory=list)
 
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.class_names) or [str(i) for i in range(self.num_labels)]
 
-    @property
-    def mean_std(self) -> tuple[list[float], list[float]]:
-        return (list(self.image_mean) or [0.5] * self.num_channels,
-                list(self.image_std) or [0.5] * self.num_channels)
-
-
-class TinyMLP(nn.Module):
+class TinyMLP(ImageClassifier):
     """Flatten, one hidden layer, class logits."""
     config_class = TinyMLPConfig
     model_type = "tiny_mlp"
-    role = "image_classifier"
     presets = {"tiny-mlp-28": dict(image_size=28, num_channels=1, num_labels=10, hidden=16)}
 
     def __init__(self, config: TinyMLPConfig):
         super().__init__()
         self.config = c = config
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(c.num_channels * c.image_size**2, c.hidden), nn.GELU(),
-                                 nn.Dropout(c.dropout), nn.Linear(c.hidden, c.num_labels))
+                                 nn.Dropout(c.dropout))
+        self.classifier = nn.Linear(c.hidden, c.num_labels)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
 
 
 @pytest.fixture
@@ -155,5 +150,5 @@ def test_the_image_task_refuses_a_model_of_another_role(tiny_mlp, mnist, tmp_pat
             "--set", "model.preset=gpt2"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "role 'image_classifier' (tiny_mlp, vit), not 'gpt'" in err and err.count("\n") == 1
+    assert "role 'image_classifier' (resnet, swin, tiny_mlp, vit), not 'gpt'" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()

@@ -55,10 +55,15 @@ def attention(run_dir, out: Path, *, text: str | None = None, src: str | None = 
                                  "keys": maps.keys, "weights": chosen.round(5).tolist()})
 
 
-def _image_model(run_dir):
+def _image_model(run_dir, measure: str):
+    """The run's image model, one that attends globally over a [CLS] token and a square
+    grid of patches (a ViT), which rollout, positions and attention distance assume."""
     model, _ = _load(run_dir)
     if getattr(model, "role", None) != "image_classifier":
-        raise ConfigError(f"{run_dir} holds a {model.model_type!r} model; this measure needs an image model")
+        raise ConfigError(f"{run_dir} holds a {model.model_type!r} model; {measure} needs an image model")
+    if not (hasattr(model.config, "grid") and hasattr(getattr(model, "embeddings", None), "cls_token")):
+        raise ConfigError(f"{measure} reads global attention over a [CLS] token and a patch grid (a ViT); a "
+                          f"{model.model_type!r} model has none. Its attention maps: qkv.analysis.capture(model)")
     return model
 
 
@@ -68,7 +73,7 @@ def rollout(run_dir, image: str, out: Path, *, head_fusion: str = "mean", discar
 
     from ..inference.classify import load_image
 
-    model = _image_model(run_dir)
+    model = _image_model(run_dir, "rollout")
     pixels = load_image(image, model.config)
     maps = image_maps(model, pixels)
     result = attention_rollout(maps, head_fusion, discard_ratio)
@@ -84,7 +89,7 @@ def rollout(run_dir, image: str, out: Path, *, head_fusion: str = "mean", discar
 
 def positions(run_dir, out: Path) -> Path:
     """Cosine similarity of a ViT's position embeddings (Figure 7, centre)."""
-    model = _image_model(run_dir)
+    model = _image_model(run_dir, "positions")
     table = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
     if table is None:
         raise ConfigError(f"a {model.model_type!r} model has no learned absolute position embeddings")
@@ -104,7 +109,7 @@ def _inputs(run_dir, split: str, count: int) -> torch.Tensor:
 
 def distance(run_dir, split: str, out: Path, *, count: int = 256, batch: int = 64) -> Path:
     """Mean attention distance per head and layer over ``count`` images of a split."""
-    model = _image_model(run_dir)
+    model = _image_model(run_dir, "distance")
     x = _inputs(run_dir, split, count)
     c = model.config
     total = None

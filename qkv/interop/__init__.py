@@ -9,15 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import bert, gpt2, hf, marian, vit
+from . import bert, gpt2, hf, marian, resnet, swin, vit
 
 # Hugging Face model_type -> converter
-FROM_HF = {gpt2.MODEL_TYPE: gpt2, bert.MODEL_TYPE: bert, marian.MODEL_TYPE: marian, vit.MODEL_TYPE: vit}
-TO_HF = {"gpt": gpt2, "bert": bert, "transformer": marian, "vit": vit}  # qkv model_type -> converter
+FROM_HF = {gpt2.MODEL_TYPE: gpt2, bert.MODEL_TYPE: bert, marian.MODEL_TYPE: marian, vit.MODEL_TYPE: vit,
+           swin.MODEL_TYPE: swin, resnet.MODEL_TYPE: resnet}
+TO_HF = {"gpt": gpt2, "bert": bert, "transformer": marian, "vit": vit, "swin": swin,  # qkv model_type -> converter
+         "resnet": resnet}
 
 
 def is_hf_config(config: dict) -> bool:
-    """A Hugging Face config.json, not qkv's own. qkv's BERT and ViT share Hugging Face's
+    """A Hugging Face config.json, not qkv's own. qkv's BERT, ViT, Swin and ResNet share Hugging Face's
     model_type names; qkv's config.json holds only model_type and its config class's
     fields, while Hugging Face's carries transformers_version, architectures and more."""
     from dataclasses import fields

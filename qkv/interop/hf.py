@@ -61,3 +61,13 @@ def write(directory: Path, config: dict, state_dict: dict[str, Tensor]) -> None:
     atomic_write(directory / SAFETENSORS,
                  lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"}))
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def labels_from_hf(hf_config: dict) -> list[str]:
+    """The class names of an image classifier's config, in label order (id2label)."""
+    id2label = hf_config.get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)]
+
+
+def labels_to_hf(names: list[str]) -> dict:
+    return {"id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)}}

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..files import atomic_write_text, read_json
 from ..models.vit import ViT, ViTConfig
 from ..nn import ACTIVATIONS
-from .hf import GENERIC_CONFIG_KEYS
+from .hf import GENERIC_CONFIG_KEYS, labels_from_hf, labels_to_hf
 
 MODEL_TYPE = "vit"
 PREPROCESSOR = "preprocessor_config.json"
@@ -81,8 +81,7 @@ def config_from_hf(hf: dict, has_head: bool, has_pooler: bool) -> ViTConfig:
                        or hf.get("pooler_output_size", hf.get("hidden_size")) != hf.get("hidden_size")):
         raise ConfigError("qkv's ViT pooler is tanh(dense) of width hidden_size; this config has "
                           f"pooler_act={hf.get('pooler_act')!r}, pooler_output_size={hf.get('pooler_output_size')}")
-    id2label = hf.get("id2label") or {}
-    labels = [id2label[k] for k in sorted(id2label, key=int)] if has_head else []
+    labels = labels_from_hf(hf) if has_head else []
     values = {"layer_norm_eps": 1e-12, **{k: hf[k] for k in MAPPED if k in hf}}  # 1e-12: HF's default
     return ViTConfig(**values, dropout=drops.pop(), num_labels=len(labels), class_names=labels, pooler=has_pooler)
 
@@ -137,11 +136,9 @@ def config_to_hf(c: ViTConfig, eos_token_id: int | None = None) -> dict:
     if c.num_labels > 0 and c.pooler:
         raise ConfigError("ViTForImageClassification has no pooler; set pooler=false or num_labels=0")
     arch = "ViTForImageClassification" if c.num_labels > 0 else "ViTModel"
-    names = c.label_names
     return {"architectures": [arch], "model_type": MODEL_TYPE, **{k: getattr(c, k) for k in MAPPED},
             "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
-            "id2label": {str(i): n for i, n in enumerate(names)},
-            "label2id": {n: i for i, n in enumerate(names)}}
+            **labels_to_hf(c.label_names)}
 
 
 def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> ViT:

@@ -20,6 +20,8 @@ from ..errors import ConfigError
 from .baselines import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from .bert import BERT, BERTConfig
 from .gpt import GPT, GPTConfig
+from .resnet import ResNet, ResNetConfig
+from .swin import Swin, SwinConfig
 from .transformer import Transformer, TransformerConfig
 from .vit import ViT, ViTConfig
 
@@ -42,7 +44,7 @@ def register(cls: type) -> type:
     return cls
 
 
-for _cls in (GPT, BERT, Transformer, LSTMSeq2Seq, ViT):
+for _cls in (GPT, BERT, Transformer, LSTMSeq2Seq, ViT, Swin, ResNet):
     register(_cls)
 
 
@@ -108,5 +110,5 @@ def from_section(section: dict[str, Any], role: str, *, default: str, data: dict
 
 
 __all__ = ["BERT", "BERTConfig", "GPT", "GPTConfig", "LSTMSeq2Seq", "LSTMSeq2SeqConfig", "MODELS", "PRESETS",
-           "Transformer", "TransformerConfig", "ViT", "ViTConfig", "build", "from_config", "from_section",
-           "kinds", "register", "resolve"]
+           "Swin", "SwinConfig", "Transformer", "TransformerConfig", "ViT", "ViTConfig", "build", "from_config",
+           "from_section", "kinds", "register", "resolve"]

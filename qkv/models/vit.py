@@ -22,16 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import ACTIVATIONS, Block, interpolate_grid
+from .images import ImageClassifier, ImageConfig, check_pixels
 
 POOLS = ("cls", "mean")
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ImageConfig):
     image_size: int = 224         # height = width the model is trained at
     patch_size: int = 16
     num_channels: int = 3         # 1 = grey, 3 = RGB
@@ -65,25 +65,12 @@ class ViTConfig:
             raise ValueError(f"unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACTIVATIONS)}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.class_names and len(self.class_names) != self.num_labels:
-            raise ValueError(f"{len(self.class_names)} class_names for num_labels={self.num_labels}")
-        for name in ("image_mean", "image_std"):
-            if getattr(self, name) and len(getattr(self, name)) != self.num_channels:
-                raise ValueError(f"{name} needs one value per channel ({self.num_channels}), got {getattr(self, name)}")
+        self.check_image_fields()
 
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
 
-    @property
-    def label_names(self) -> list[str]:
-        """``class_names``, or the label numbers as text where the config names none."""
-        return list(self.class_names) or [str(i) for i in range(self.num_labels)]
-
-    @property
-    def mean_std(self) -> tuple[list[float], list[float]]:
-        return (list(self.image_mean) or [0.5] * self.num_channels,
-                list(self.image_std) or [0.5] * self.num_channels)
 
 
 _B16 = dict(image_size=224, patch_size=16, num_channels=3, num_labels=1000)
@@ -118,10 +105,9 @@ class Embeddings(nn.Module):
         return torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + pos
 
 
-class ViT(nn.Module):
+class ViT(ImageClassifier):
     config_class = ViTConfig
     model_type = "vit"
-    role = "image_classifier"
     presets = PRESETS
 
     def __init__(self, config: ViTConfig):
@@ -153,14 +139,7 @@ class ViT(nn.Module):
 
     def check_input(self, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> None:
         c = self.config
-        if pixel_values.dim() != 4 or not pixel_values.is_floating_point():
-            raise ValueError(f"pixel_values must be a float tensor (batch, channels, height, width), got "
-                             f"{pixel_values.dtype} of shape {tuple(pixel_values.shape)}")
-        _, channels, h, w = pixel_values.shape
-        if channels != c.num_channels:
-            kind = {1: "grey", 3: "RGB"}.get(c.num_channels, f"{c.num_channels}-channel")
-            raise ValueError(f"the model expects {kind} images with {c.num_channels} channel(s), got "
-                             f"{channels}; convert the images to {c.num_channels} channel(s)")
+        h, w = check_pixels(pixel_values, c)
         if h % c.patch_size or w % c.patch_size:
             raise ValueError(f"image size {h}x{w} is not divisible by the patch size {c.patch_size}; "
                              f"resize or crop to a multiple of {c.patch_size} (the model was trained "
@@ -192,23 +171,8 @@ class ViT(nn.Module):
         pooled = features[:, 0] if self.config.pool == "cls" else features[:, 1:].mean(dim=1)
         return self.classifier(pooled)
 
-    def forward(self, pixel_values: Tensor, *, labels: Tensor | None = None,
-                interpolate_pos_encoding: bool = False):
-        """Logits (batch, num_labels); with ``labels`` (batch,) returns (logits, cross-entropy)."""
-        logits = self.forward_head(self.forward_features(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
-        if labels is None:
-            return logits
-        return logits, F.cross_entropy(logits, labels)
-
     def pool(self, features: Tensor) -> Tensor:
         """Hugging Face ViTModel's ``pooler_output``: tanh(dense([CLS])); needs ``pooler=True``."""
         if self.pooler is None:
             raise ValueError("this ViT has no pooler (config.pooler=false)")
         return torch.tanh(self.pooler(features[:, 0]))
-
-    def save_hf(self, path) -> None:
-        """Write a Hugging Face ViTForImageClassification (or ViTModel) directory."""
-        from ..interop import save_hf
-
-        save_hf(self, path)

@@ -14,6 +14,10 @@ Capturing: give a ``MultiHeadAttention`` a list as ``captured`` (``qkv.nn.captur
 this for chosen layers of any model) and each forward call appends its weights there,
 computed on the explicit path; layers not captured keep the fused kernel.
 
+An additive float ``bias`` on the scores (broadcast to (B, H, Tq, Tk)) serves models whose
+scores carry learned terms, e.g. Swin's relative position bias (Liu et al., 2021, Eq. 4):
+softmax(Q K^T / sqrt(d) + B) V. It combines with the boolean mask: masked pairs get -inf.
+
 ``KVCache`` holds the keys and values of tokens already decoded, so that generating a
 token costs one position, not the whole prefix. It lives outside the model: generation
 creates one and passes it in; training never sees it.
@@ -39,26 +43,34 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
     need_weights: bool = False,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """q: (B, H, Tq, D), k/v: (B, H, Tk, D); mask: boolean, True = may attend.
+    """q: (B, H, Tq, D), k/v: (B, H, Tk, D); mask: boolean, True = may attend; bias: float,
+    added to the scaled scores before the softmax, (B or 1, H or 1, Tq, Tk).
 
     ``is_causal`` applies a bottom-right-aligned causal mask without materialising it on
     the fast path. Returns (output (B, H, Tq, D), weights (B, H, Tq, Tk) or None).
     """
     if is_causal and q.size(-2) == 1:  # one new query after a cached prefix sees every key
         is_causal = False
+    if bias is not None:
+        bias = bias.to(q.dtype)
     if not need_weights:
-        if is_causal and mask is not None:
+        if is_causal and (mask is not None or bias is not None):
             mask, is_causal = combine(mask, causal_mask(q.size(-2), k.size(-2), q.device)), False
         if is_causal and q.size(-2) != k.size(-2):
             # PyTorch aligns is_causal top-left; a chunk after a cached prefix needs bottom-right.
             mask, is_causal = causal_mask(q.size(-2), k.size(-2), q.device), False
+        if bias is not None:  # one float mask: the bias where allowed, -inf elsewhere
+            mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
         )
         return out, None
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale
+    if bias is not None:
+        scores = scores + bias
     if is_causal:
         mask = combine(mask, causal_mask(q.size(-2), k.size(-2), q.device))
     if mask is not None:
@@ -163,10 +175,12 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         cache: LayerKV | None = None,
         kv: tuple[Tensor, Tensor] | None = None,
+        bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: (B, T, dim); context: (B, S, kv_dim) for cross-attention; ``cache``: this
         layer's KV cache during generation (keys/values of earlier positions); ``kv``: the
-        context's keys and values from ``context_kv`` (cross-attention during generation).
+        context's keys and values from ``context_kv`` (cross-attention during generation);
+        ``bias``: float, added to the scores, (B or 1, H or 1, T, S).
 
         Returns (output (B, T, dim), attention weights (B, H, T, S) or None).
         """
@@ -190,6 +204,7 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.attn_dropout if self.training else 0.0,
             scale=self.scale,
             need_weights=need_weights,
+            bias=bias,
         )
         if self.captured is not None:
             self.captured.append(weights.detach())

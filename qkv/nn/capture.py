@@ -24,7 +24,14 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention
 from .blocks import Block
 
-LAYERS: tuple[type, ...] = (Block,)  # the residual layers whose outputs are hidden states; models may add theirs
+LAYERS: list[type] = [Block]  # the residual layers whose outputs are hidden states
+
+
+def hidden_layer(cls: type) -> type:
+    """Class decorator: a model's own residual layer (not a ``Block``, e.g. a ResNet block)
+    whose outputs ``capture(hidden=...)`` records."""
+    LAYERS.append(cls)
+    return cls
 
 
 @dataclass
@@ -41,7 +48,7 @@ class Captured:
 def layer_names(model: nn.Module) -> dict[str, list[str]]:
     """The names ``capture`` selects from: attention modules and residual layers."""
     return {"attentions": [n for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)],
-            "hidden": [n for n, m in model.named_modules() if isinstance(m, LAYERS)]}
+            "hidden": [n for n, m in model.named_modules() if isinstance(m, tuple(LAYERS))]}
 
 
 def _chosen(name: str, patterns: Sequence[str] | str | None) -> bool:
@@ -61,7 +68,7 @@ def capture(model: nn.Module, attentions: Sequence[str] | str | None = "*",
             if isinstance(module, MultiHeadAttention) and _chosen(name, attentions):
                 module.captured = seen.attentions.setdefault(name, [])
                 marked.append(module)
-            if isinstance(module, LAYERS) and _chosen(name, hidden):
+            if isinstance(module, tuple(LAYERS)) and _chosen(name, hidden):
                 calls = seen.hidden.setdefault(name, [])
                 hooks.append(module.register_forward_hook(
                     lambda _m, _i, out, calls=calls: calls.append((out[0] if isinstance(out, tuple) else out).detach())))

@@ -1,5 +1,5 @@
 """Image classification (``task = "image_classification"``): any image classifier of the
-model registry (ViT today) trained on a prepared image data set.
+model registry (ViT, Swin and ResNet today) trained on a prepared image data set.
 
 ``[data]`` names the data set and the augmentation; ``[model]`` names a model kind
 (``type = "vit"``) or a preset (``preset = "vit-28-small"``), any field overriding it.
