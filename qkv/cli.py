@@ -217,6 +217,7 @@ MEASURES = {  # what `qkv analyze` measures -> (positional words after it, optio
     "attention": ((), ("text", "src", "tgt", "layer", "head", "kind")),
     "rollout": (("IMAGE",), ("head_fusion", "discard_ratio")),
     "positions": ((), ()),
+    "bias": ((), ()),
     "distance": ((), ("split", "count")),
     "cka": (("RUN_B",), ("split", "count")),
 }
@@ -251,6 +252,8 @@ def cmd_analyze(args) -> int:
         png = commands.rollout(run_dir, rest[0], out, head_fusion=args.head_fusion, discard_ratio=args.discard_ratio)
     elif measure == "positions":
         png = commands.positions(run_dir, out)
+    elif measure == "bias":
+        png = commands.bias(run_dir, out)
     elif measure == "distance":
         png = commands.distance(run_dir, args.split, out, **count)
     else:
@@ -393,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  a translation run: the cross-attention alignment
   qkv analyze RUN_DIR rollout IMAGE.png          attention rollout of an image model, over the image
   qkv analyze RUN_DIR positions                  cosine similarity of a ViT's position embeddings
+  qkv analyze RUN_DIR bias                       each Swin head's relative position bias over (dy, dx)
   qkv analyze RUN_DIR distance --split val       mean attention distance per head against depth
   qkv analyze cka RUN_A RUN_B --split val        layer x layer CKA of two models on the same inputs""")
     an.add_argument("words", nargs="+", metavar="RUN_DIR MEASURE [ARG]")

@@ -271,3 +271,15 @@ def test_cka_of_a_vit_against_a_cnn_and_what_a_windowed_model_cannot_give(vit_ru
     qkv.save_model(qkv.models.build("swin-28-tiny"), swin_run)
     assert main(["analyze", str(swin_run), "positions"]) == 2
     assert "a 'swin' model has none" in capsys.readouterr().err
+    assert main(["analyze", str(swin_run), "bias"]) == 0  # each block's relative position bias, per head
+    tables = json.loads((swin_run / "analysis" / "relative-position-bias.json").read_text())
+    swin = qkv.load(swin_run).model
+    assert list(tables) == [f"layers.{s}.blocks.{b}" for s in (0, 1) for b in (0, 1)]
+    block = swin.layers[1].blocks[0]
+    assert np.array(tables["layers.1.blocks.0"]).shape == (4, 7, 7)  # 4 heads, window 4: offsets -3..3
+    centre = block.relative_position_bias_table[block.relative_position_index[0, 0]]  # dy = dx = 0
+    assert np.allclose(np.array(tables["layers.1.blocks.0"])[:, 3, 3], centre.detach().numpy(), atol=1e-5)
+    right = block.relative_position_bias_table[block.relative_position_index[0, 1]]  # key one column right
+    assert np.allclose(np.array(tables["layers.1.blocks.0"])[:, 3, 4], right.detach().numpy(), atol=1e-5)
+    assert main(["analyze", str(vit_runs[0]), "bias"]) == 2
+    assert "has no relative position bias" in capsys.readouterr().err

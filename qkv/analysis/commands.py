@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .look import hidden_states, image_maps, text_maps, translation_maps
+from .look import hidden_states, image_maps, relative_position_biases, text_maps, translation_maps
 from .measures import (MinibatchCKA, attention_rollout, cls_rollout_map, grid_of, mean_attention_distance,
                        position_similarity)
-from .pictures import (cka_figure, distance_figure, heads_figure, overlay_figure, positions_figure, save)
+from .pictures import (bias_figure, cka_figure, distance_figure, heads_figure, overlay_figure, positions_figure, save)
 
 
 def _load(run_dir):
@@ -97,6 +97,14 @@ def positions(run_dir, out: Path) -> Path:
     sim = position_similarity(table.detach(), grid)
     return save(positions_figure(sim.numpy()), out, "positions", {"grid": list(grid),
                                                                  "similarity": sim.numpy().round(5).tolist()})
+
+
+def bias(run_dir, out: Path) -> Path:
+    """Each Swin block's relative position bias, per head, as a picture over (dy, dx)."""
+    model, _ = _load(run_dir)
+    tables = {name: t.numpy() for name, t in relative_position_biases(model).items()}
+    return save(bias_figure(tables), out, "relative-position-bias",
+                {name: t.round(5).tolist() for name, t in tables.items()})
 
 
 def _inputs(run_dir, split: str, count: int) -> torch.Tensor:

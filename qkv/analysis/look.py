@@ -81,3 +81,20 @@ def hidden_states(model, inputs: Tensor) -> list[Tensor]:
     with capture(model, attentions=None, hidden="*") as seen:
         _forward(model, inputs)
     return [calls[0] for calls in seen.hidden.values()]
+
+
+def relative_position_biases(model) -> dict[str, Tensor]:
+    """Each block's learned relative position bias (Swin: Liu et al., 2021, Eq. 4) as
+    (heads, 2M-1, 2M-1): entry [h, dy + M-1, dx + M-1] is what head h adds to the score of a
+    key dy rows below and dx columns right of its query."""
+    out = {}
+    for name, module in model.named_modules():
+        table = getattr(module, "relative_position_bias_table", None)
+        if isinstance(table, torch.Tensor):
+            side = int(round(table.size(0) ** 0.5))
+            # the table is indexed by query minus key (Hugging Face's layout): flip it to key minus query
+            out[name] = table.detach().T.reshape(-1, side, side).flip(-2, -1)
+    if not out:
+        raise ConfigError(f"a {getattr(model, 'model_type', type(model).__name__)!r} model has no relative "
+                          "position bias (Swin has one per block)")
+    return out

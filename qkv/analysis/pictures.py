@@ -110,3 +110,27 @@ def cka_figure(matrix: np.ndarray, name_a: str, name_b: str):
     ax.set_xlabel(f"{name_b} layer")
     fig.colorbar(im, ax=ax, label="linear CKA")
     return fig
+
+
+def bias_figure(tables: dict[str, np.ndarray]):
+    """One row per block, one panel per head: each head's relative position bias over
+    (dy, dx), the centre being the query itself."""
+    rows, cols = len(tables), max(t.shape[0] for t in tables.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.3), squeeze=False, layout="constrained")
+    for r, (name, table) in enumerate(tables.items()):
+        side = table.shape[-1]
+        for h, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if h >= len(table):
+                ax.axis("off")
+                continue
+            ax.imshow(table[h], cmap="coolwarm", vmin=-abs(table[h]).max(), vmax=abs(table[h]).max(),
+                      extent=(-(side // 2) - 0.5, side // 2 + 0.5, side // 2 + 0.5, -(side // 2) - 0.5))
+            if r == 0:
+                ax.set_title(f"head {h}", fontsize=7)
+            if h == 0:
+                ax.set_ylabel(name.replace("layers.", "s").replace(".blocks.", " b"), fontsize=6)
+    fig.supxlabel("dx (key column - query column)")
+    fig.supylabel("block; dy (key row - query row)")
+    return fig
