@@ -1,10 +1,13 @@
-"""Shared helpers for benchmarks: timing, matmul peak, and peak memory in a child process."""
+"""Shared helpers for benchmarks: timing, matmul peak, peak memory in a child process, and
+the one comparison every image classifier gets (inference and training images/s)."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import time
+import warnings
 
 import torch
 
@@ -57,3 +60,44 @@ def in_child(script: str, *args: str) -> dict:
     """Run ``script`` with ``args`` in a fresh Python and parse the JSON it prints last."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _train_step(model, opt, x, y, hf: bool):
+    loss = model(pixel_values=x, labels=y).loss if hf else model(x, labels=y)[1]
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def image_classifiers(doc: str, cases: list[tuple[str, int]], build) -> None:
+    """The main of an image-classifier benchmark: for each (preset, batch), ``build(preset)``
+    gives (qkv model, HF model with the same weights, preset fields); prints inference and
+    training images/s of both and their ratio, timed alternately."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    reps = 3 if args.quick else 7
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = []
+    for preset, batch in cases:
+        model, hf, cfg = build(preset)
+        x = torch.randn(batch, cfg["num_channels"], cfg["image_size"], cfg["image_size"])
+        y = torch.randint(0, cfg["num_labels"], (batch,))
+        model.eval()
+        hf.eval()
+        with torch.no_grad():
+            diff = (model(x[:2]) - hf(x[:2]).logits).abs().max().item()
+            t = compare({"qkv": lambda: model(x), "hf": lambda: hf(pixel_values=x)}, reps, warmup=1)
+        n = sum(q.numel() for q in model.parameters()) / 1e6
+        rows.append((f"{preset} ({n:.2f}M) inference img/s, batch {batch}", batch / t["qkv"], batch / t["hf"]))
+        model.train()
+        hf.train()
+        opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("qkv", model), ("hf", hf))}
+        t = compare({"qkv": lambda: _train_step(model, opts["qkv"], x, y, False),
+                     "hf": lambda: _train_step(hf, opts["hf"], x, y, True)}, reps, warmup=1)
+        rows.append((f"{preset} training img/s, batch {batch}", batch / t["qkv"], batch / t["hf"]))
+        print(f"{preset}: same weights, max |logit difference| = {diff:.2e}", flush=True)
+    print(f"\n{'':52s} {'qkv':>9s} {'HF':>9s} {'qkv/HF':>8s}")
+    for label, ours, theirs in rows:
+        print(f"{label:52s} {ours:9.1f} {theirs:9.1f} {ours / theirs:7.2f}x")

@@ -11,16 +11,14 @@ without dropout or stochastic depth.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
-import warnings
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import compare  # noqa: E402
+from common import image_classifiers  # noqa: E402
 
 from qkv.models.swin import PRESETS  # noqa: E402
 
@@ -48,44 +46,5 @@ def build(preset: str):
     return model, hf, p
 
 
-def train_step(model, opt, x, y, hf: bool):
-    loss = model(pixel_values=x, labels=y).loss if hf else model(x, labels=y)[1]
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    args = p.parse_args()
-    warnings.filterwarnings("ignore")
-    reps = 3 if args.quick else 7
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = []
-    for preset, batch in CASES:
-        model, hf, cfg = build(preset)
-        x = torch.randn(batch, cfg["num_channels"], cfg["image_size"], cfg["image_size"])
-        y = torch.randint(0, cfg["num_labels"], (batch,))
-        model.eval()
-        hf.eval()
-        with torch.no_grad():
-            diff = (model(x[:2]) - hf(x[:2]).logits).abs().max().item()
-            t = compare({"qkv": lambda: model(x), "hf": lambda: hf(pixel_values=x)}, reps, warmup=1)
-        n = sum(q.numel() for q in model.parameters()) / 1e6
-        rows.append((f"{preset} ({n:.2f}M) inference img/s, batch {batch}", batch / t["qkv"], batch / t["hf"]))
-        model.train()
-        hf.train()
-        opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in (("qkv", model), ("hf", hf))}
-        t = compare({"qkv": lambda: train_step(model, opts["qkv"], x, y, False),
-                     "hf": lambda: train_step(hf, opts["hf"], x, y, True)}, reps, warmup=1)
-        rows.append((f"{preset} training img/s, batch {batch}", batch / t["qkv"], batch / t["hf"]))
-        print(f"{preset}: same weights, max |logit difference| = {diff:.2e}", flush=True)
-
-    print(f"\n{'':52s} {'qkv':>9s} {'HF':>9s} {'qkv/HF':>8s}")
-    for label, ours, theirs in rows:
-        print(f"{label:52s} {ours:9.1f} {theirs:9.1f} {ours / theirs:7.2f}x")
-
-
 if __name__ == "__main__":
-    main()
+    image_classifiers(__doc__, CASES, build)

@@ -9,9 +9,21 @@ tokens of the concatenated training text, wrapped as ``[CLS] ... [SEP]`` and mas
 ``qkv.data.mlm.Masker``; window and mask are pure functions of the sample index.
 Validation reports the loss on the predicted positions, its perplexity, and masked-token
 accuracy (how often the top prediction is the original).
+
+``data.masking`` picks the units masked together: ``"token"`` (BERT), ``"whole_word"``
+(a word's pieces), or ERNIE's knowledge masking (Sun et al., 2019, ERNIE 1.0, Section
+3.2): ``"phrase"`` and ``"entity"`` mask whole phrases / named entities (spans of corpora
+that have them, the Brown corpus's from its tags; other text is masked by whole words),
+and ``"ernie"`` trains in ERNIE's three stages, whole words then phrases then entities,
+each a third of ``train.max_steps``. The unit flags travel with the tokens: an array as
+long as the token stream, cached beside it. Validation and ``qkv evaluate`` mask at the
+run's level (whole words for ``"ernie"``); with Brown among the corpora, ``evaluate`` also
+runs the span probe: mask every piece of one entity (or phrase) of a held-out document
+and count how often the model recovers all of them.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +32,17 @@ import torch
 
 from .. import models
 from ..config import from_dict
-from ..data import data_root, prepared
+from ..data import brown, data_root, dataset_module, prepared
+from ..data.errors import DataError
 from ..data.lm import TokenWindows, encode_cached, mix64
-from ..data.mlm import IGNORE, Masker
+from ..data.mlm import IGNORE, LEVEL_BITS, Masker, unit_flags_cached
 from ..errors import ConfigError
 from ..tokenizers import WordPieceTokenizer, find_tokenizer
-from .base import Task, check_text_model, device_of
+from .base import Option, Task, check_text_model, device_of
+from .span_probe import span_probe
+
+MASKING = ("token", "whole_word", "phrase", "entity", "ernie")
+ERNIE_STAGES = ("whole_word", "phrase", "entity")  # basic-level, phrase-level, entity-level masking
 
 
 @dataclass
@@ -35,7 +52,8 @@ class MLMDataConfig:
     lowercase: bool = True
     seq_len: int = 128           # tokens per sequence, [CLS] and [SEP] included
     mask_prob: float = 0.15
-    whole_word: bool = False     # mask all pieces of a word together
+    masking: str = "token"       # token | whole_word | phrase | entity | ernie (units masked together)
+    whole_word: bool = False     # the older spelling of masking = "whole_word"
     dir: str = ""                # data root; "" = $QKV_DATA or ~/.cache/qkv
 
     def __post_init__(self):
@@ -47,6 +65,13 @@ class MLMDataConfig:
             raise ValueError(f"data.vocab_size must be at least 100, got {self.vocab_size}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"data.mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.masking not in MASKING:
+            raise ValueError(f"data.masking must be one of {', '.join(MASKING)}, got {self.masking!r}")
+        if self.whole_word and self.masking not in ("token", "whole_word"):
+            raise ValueError('data.whole_word = true (the older spelling of masking = "whole_word") '
+                             f"contradicts data.masking = {self.masking!r}: remove it")
+        if self.whole_word:
+            self.masking = "whole_word"
 
 
 def corpora_tokenizer(data: MLMDataConfig, folders: list[Path]) -> WordPieceTokenizer:
@@ -68,6 +93,23 @@ def wrap(windows: torch.Tensor, tokenizer) -> torch.Tensor:
     cls = torch.full((len(windows), 1), tokenizer.cls_token_id, dtype=torch.long)
     sep = torch.full((len(windows), 1), tokenizer.sep_token_id, dtype=torch.long)
     return torch.cat([cls, windows, sep], dim=1)
+
+
+def window_starts(flags: np.ndarray, levels: list[str]) -> torch.Tensor:
+    """Unit flags of windows (batch, n) and each row's level -> where units begin in the
+    wrapped windows (batch, n + 2); [CLS] and [SEP] are units of their own."""
+    bits = np.array([LEVEL_BITS[level] for level in levels], dtype=np.uint8)[:, None]
+    inner = torch.from_numpy((flags & bits) != 0)
+    edge = torch.ones(len(inner), 1, dtype=torch.bool)
+    return torch.cat([edge, inner, edge], dim=1)
+
+
+def split_flags(folder: Path, split: str, tokenizer) -> np.ndarray:
+    """The unit flags of a corpus's ``SPLIT.txt``: its own spans (``split_spans`` of its
+    data set module, e.g. Brown's entities and phrases), or words only."""
+    spans = getattr(dataset_module(folder.name), "split_spans", None)
+    return unit_flags_cached(folder / f"{split}.txt", spans(folder, split) if spans else {}, tokenizer,
+                             folder / "tokens")
 
 
 def generator(seed: int, index: int) -> torch.Generator:
@@ -95,13 +137,17 @@ def masked_metrics(model, batches) -> dict[str, float]:
 class MaskedLanguageModelTask(Task):
     name = "mlm"
     data_config = MLMDataConfig
+    options = (Option("probe_spans", int, 2000, "Brown entities and phrases (each) the span probe masks, "
+                      "evenly spread over the split's documents; 0: no probe"),)
 
     def __init__(self, run, model, tokenizer):
         super().__init__(run, model, tokenizer)
         if not isinstance(tokenizer, WordPieceTokenizer):
             raise ConfigError(f"the mlm task needs a WordPiece tokenizer, not {getattr(tokenizer, 'kind', None)!r}")
         self.folders = [prepared(name, self.data.dir or None) for name in self.data.corpora]
-        self.masker = Masker.for_tokenizer(tokenizer, self.data.mask_prob, self.data.whole_word)
+        self.masker = Masker.for_tokenizer(tokenizer, self.data.mask_prob,
+                                           whole_word=self.data.masking in ("whole_word", "ernie"))
+        self.eval_level = "whole_word" if self.data.masking == "ernie" else self.data.masking
 
     @classmethod
     def build(cls, run, run_dir: Path):
@@ -118,30 +164,61 @@ class MaskedLanguageModelTask(Task):
         return model, tokenizer
 
     def prepare_training(self) -> None:
-        train = np.concatenate([encode_cached(f / "train.txt", self.tokenizer, f / "tokens") for f in self.folders])
-        self.windows = TokenWindows(train, self.data.seq_len - 2, seed=self.run.seed)
+        self.windows = TokenWindows(self.tokens(self.folders, "train"), self.data.seq_len - 2, seed=self.run.seed)
+        self.flags = None if self.data.masking in ("token", "whole_word") else self.unit_flags(self.folders, "train")
         self.val_batches = self.split_batches(self.folders, "val", self.run.train.batch_size,
                                               self.run.train.eval_batches)
         self.tokens_per_sample = self.data.seq_len
 
+    def tokens(self, folders, split: str) -> np.ndarray:
+        return np.concatenate([encode_cached(f / f"{split}.txt", self.tokenizer, f / "tokens") for f in folders])
+
+    def unit_flags(self, folders, split: str) -> np.ndarray:
+        """Unit flags aligned with ``tokens(folders, split)``, token for token."""
+        parts = [split_flags(f, split, self.tokenizer) for f in folders]
+        for f, flags in zip(folders, parts):
+            if len(flags) != len(encode_cached(f / f"{split}.txt", self.tokenizer, f / "tokens")):
+                raise DataError(f"the cached unit flags of {f / split}.txt do not match its tokens; "
+                                f"delete {f / 'tokens' / self.tokenizer.fingerprint} to encode it again")
+        return np.concatenate(parts)
+
+    def level_of(self, index: int) -> str:
+        """The masking level of training sample ``index``. For ``"ernie"``, ERNIE's stages
+        (basic, phrase, entity), each a third of train.max_steps: the sample's step is its
+        index over the samples per step (train.batch_size x train.grad_accum)."""
+        if self.data.masking != "ernie":
+            return self.data.masking
+        train = self.run.train
+        step = index // (train.batch_size * train.grad_accum)
+        return ERNIE_STAGES[min(3 * step // train.max_steps, 2)]
+
     def batches(self, first: int, count: int):
         ids = wrap(self.windows.batch(first, count)[0], self.tokenizer)
-        return self.masker(ids, generator(self.run.seed, first))
+        if self.flags is None:
+            return self.masker(ids, generator(self.run.seed, first))
+        flags = self.flags[self.windows.starts(first, count)[:, None] + np.arange(self.windows.seq_len)]
+        levels = [self.level_of(i) for i in range(first, first + count)]
+        return self.masker(ids, generator(self.run.seed, first), starts=window_starts(flags, levels))
 
     def split_batches(self, folders, split: str, batch_size: int, limit: int | None = None):
         """Fixed masked batches of non-overlapping windows of one split (the same every time)."""
         n = self.data.seq_len - 2
-        parts = [encode_cached(f / f"{split}.txt", self.tokenizer, f / "tokens")
-                 for f in folders if (f / f"{split}.txt").is_file()]
-        if not parts:
+        folders = [f for f in folders if (f / f"{split}.txt").is_file()]
+        if not folders:
             raise ConfigError(f"none of the corpora {self.data.corpora} has a {split!r} split")
-        tokens = np.concatenate(parts)
+        tokens = self.tokens(folders, split)
         windows = torch.from_numpy(tokens[: len(tokens) // n * n].astype(np.int64)).view(-1, n)
+        flags = None
+        if self.eval_level not in ("token", "whole_word"):
+            flags = self.unit_flags(folders, split)[: len(windows) * n].reshape(-1, n)
         out = []
         for b, start in enumerate(range(0, len(windows), batch_size)):
             if limit is not None and b >= limit:
                 break
-            out.append(self.masker(wrap(windows[start:start + batch_size], self.tokenizer), generator(0, b)))
+            ids = wrap(windows[start:start + batch_size], self.tokenizer)
+            starts = None if flags is None else window_starts(flags[start:start + batch_size],
+                                                              [self.eval_level] * len(ids))
+            out.append(self.masker(ids, generator(0, b), starts=starts))
         return out
 
     def loss(self, model, batch) -> torch.Tensor:
@@ -152,9 +229,10 @@ class MaskedLanguageModelTask(Task):
         m = masked_metrics(model, self.val_batches)
         return {"val_loss": m["loss"], "val_ppl": m["perplexity"], "val_mlm_acc": m["masked_accuracy"]}
 
-    def evaluate(self, model, split: str, out: Path) -> dict[str, float]:
+    def evaluate(self, model, split: str, out: Path, probe_spans: int = 2000) -> dict[str, float]:
         """Masked-token loss, perplexity and accuracy over every window of a split (15% of
-        the tokens masked with a fixed seed), per corpus and over all of them."""
+        the tokens masked with a fixed seed), per corpus and over all of them; with Brown
+        among the corpora, the span probe's accuracies (``brown_span_probe``)."""
         per_corpus = {name: masked_metrics(model, self.split_batches([folder], split, 32))
                       for name, folder in zip(self.data.corpora, self.folders)
                       if (folder / f"{split}.txt").is_file()}
@@ -166,4 +244,23 @@ class MaskedLanguageModelTask(Task):
         results = {"loss": loss, "perplexity": float(np.exp(loss)), "masked_accuracy": accuracy, "predicted_tokens": n}
         for name, m in per_corpus.items():
             results.update({f"{name}/masked_accuracy": m["masked_accuracy"], f"{name}/perplexity": m["perplexity"]})
+        if "brown" in self.data.corpora and probe_spans > 0:
+            results.update(self.brown_span_probe(model, split, probe_spans))
+        return results
+
+    def brown_span_probe(self, model, split: str, limit: int) -> dict[str, float]:
+        """``span_probe`` on the Brown documents of a split, for entities and for phrases;
+        nothing (and a warning) when Brown was prepared without spans."""
+        folder = self.folders[self.data.corpora.index("brown")]
+        try:
+            spans = brown.document_spans(folder)
+        except DataError as e:
+            warnings.warn(f"{e}; skipping the span probe")
+            return {}
+        docs = brown.documents(folder, split)
+        results = {}
+        for level in brown.LEVELS:
+            m = span_probe(model, self.tokenizer, [(d["text"], spans[d["id"]][level]) for d in docs],
+                           self.data.seq_len, limit)
+            results.update({f"{level}_{key}": value for key, value in m.items()})
         return results
