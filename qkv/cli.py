@@ -221,8 +221,7 @@ MEASURES = {  # what `qkv analyze` measures -> (positional words after it, optio
     "distance": ((), ("split", "count")),
     "cka": (("RUN_B",), ("split", "count")),
 }
-ANALYZE_DEFAULTS = dict(text=None, src=None, tgt=None, layer=-1, head=None, kind="cross", head_fusion="mean",
-                        discard_ratio=0.0, split="val", count=None)
+ANALYZE_OPTIONS = sorted({name for _, takes in MEASURES.values() for name in takes})
 
 
 def cmd_analyze(args) -> int:
@@ -240,7 +239,7 @@ def cmd_analyze(args) -> int:
     needs, takes = MEASURES[measure]
     if len(rest) != len(needs):
         args.parser.error(f"{measure} takes {' '.join(needs) or 'no more words'}, got {' '.join(rest) or 'none'}")
-    given = [k for k, v in ANALYZE_DEFAULTS.items() if getattr(args, k) != v and k not in takes]
+    given = [k for k in ANALYZE_OPTIONS if getattr(args, k) != args.parser.get_default(k) and k not in takes]
     if given:
         args.parser.error(f"{measure} does not take {', '.join('--' + g.replace('_', '-') for g in given)}")
     out = Path(args.out or Path(run_dir) / "analysis")
