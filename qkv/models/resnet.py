@@ -161,11 +161,17 @@ class ResNet(ImageClassifier):
         Hugging Face's ``last_hidden_state``. A CNN has no attention: ``attentions`` must be None."""
         if attentions is not None:
             raise ValueError("a ResNet has no attention weights to return; pass attentions=None")
+        return self.forward_stages(pixel_values)[-1]
+
+    def forward_stages(self, pixel_values: Tensor) -> list[Tensor]:
+        """Every stage's feature map, first to last (strides ``stride / 2**(stages-1-i)``): what a
+        detector takes as its backbone's output (DETR the last, Deformable DETR the last three)."""
         self.check_input(pixel_values)
-        x = self.embedder(pixel_values)
+        x, maps = self.embedder(pixel_values), []
         for stage in self.encoder.stages:
             x = stage(x)
-        return x
+            maps.append(x)
+        return maps
 
     def pool(self, features: Tensor) -> Tensor:
         """Global average pooling: (batch, channels); HF's ``pooler_output`` without its 1x1."""
