@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .device import resolve_device
 from .errors import ConfigError, QkvError
@@ -27,8 +28,9 @@ def cmd_data(args) -> int:
     from . import data
 
     if args.action == "list":
+        width = max(map(len, data.DATASETS))
         for name, module in sorted(data.DATASETS.items()):
-            print(f"{name:14s} {module.__doc__.strip().splitlines()[0]}")
+            print(f"{name:{width}s}  {module.__doc__.strip().splitlines()[0]}")
         return 0
     options = {k: getattr(args, k) for k in ("src", "tgt") if getattr(args, k) is not None}
     data.get(args.name, root=args.data_dir, source=args.source, **options)
@@ -122,7 +124,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pathlib import Path
 
     from . import load, save_model
 
@@ -146,6 +147,27 @@ def cmd_classify(args) -> int:
         print(path)
         for name, p in top:
             print(f"  {p:7.2%}  {name}")
+    return 0
+
+
+def cmd_detect(args) -> int:
+    from . import load
+    from .inference.detect import detect, draw_detections
+
+    if not 0 <= args.threshold <= 1:
+        raise ConfigError(f"--threshold must be a score in [0, 1], got {args.threshold}")
+    model, _ = load(args.run_dir, device=resolve_device(args.device))
+    if getattr(model, "role", None) != "object_detector":
+        raise ConfigError(f"{args.run_dir} holds a {model.model_type!r} model, not an object detector (DETR, ...)")
+    names = model.config.label_names
+    for path, (image, found) in zip(args.images, detect(model, args.images, args.threshold)):
+        h, w = image.shape[:2]
+        print(f"{path}: {len(found['scores'])} objects scoring >= {args.threshold}")
+        for score, label, box in zip(found["scores"].tolist(), found["labels"].tolist(), found["boxes"].tolist()):
+            x0, y0, x1, y1 = (round(v * s, 1) for v, s in zip(box, (w, h, w, h)))
+            print(f"  {score:6.1%}  {names[label]:<12s} x0={x0} y0={y0} x1={x1} y1={y1}")
+        out = Path(args.out or ".") / f"{Path(path).stem}-detections.png"
+        print(f"  drawn: {draw_detections(image, found, names, out, threshold=args.threshold)}")
     return 0
 
 
@@ -173,7 +195,6 @@ def cmd_average(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from pathlib import Path
 
     from . import load
     from .inference.embed import embed, max_seq_length, pooling_mode, search
@@ -213,6 +234,34 @@ def cmd_fill_mask(args) -> int:
     return 0
 
 
+def cmd_complete(args) -> int:
+    from .inference.complete import complete_run
+    from .inference.generate import check_sampling
+
+    check_sampling(args.temperature, args.top_k, None)
+    png = complete_run(args.run_dir, args.out, split=args.split, n=args.n, image_files=args.image,
+                       samples=args.samples_per_image, temperature=args.temperature, top_k=args.top_k,
+                       seed=args.seed, device=resolve_device(args.device))
+    print(png)
+    print(png.with_suffix(".json"))
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .analysis.probe import probe_run
+
+    result = probe_run(args.run_dir, args.out, train_count=args.train_count, test_count=args.test_count,
+                       device=resolve_device(args.device))
+    print(f"linear probe, {result['train_images']} train / {result['test_images']} test images:")
+    print("layer  test accuracy")
+    for layer, acc in zip(result["layers"], result["accuracy"]):
+        print(f"{layer:5d}  {acc:.4f}" + ("  (best)" if layer == result["best_layer"] else ""))
+    print(f"raw pixels: {result['pixels_accuracy']:.4f}, majority class: {result['majority_class_accuracy']:.4f}")
+    print(result["png"])
+    print(result["json"])
+    return 0
+
+
 MEASURES = {  # what `qkv analyze` measures -> (positional words after it, options it takes)
     "attention": ((), ("text", "src", "tgt", "layer", "head", "kind")),
     "rollout": (("IMAGE",), ("head_fusion", "discard_ratio")),
@@ -225,7 +274,6 @@ ANALYZE_OPTIONS = sorted({name for _, takes in MEASURES.values() for name in tak
 
 
 def cmd_analyze(args) -> int:
-    from pathlib import Path
 
     from .analysis import commands
 
@@ -259,6 +307,13 @@ def cmd_analyze(args) -> int:
         png = commands.cka(run_dir, rest[0], args.split, out, **count)
     print(png)
     print(png.with_suffix(".json"))
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from .explore import serve
+
+    serve(args.run_dir, host=args.host, port=args.port)
     return 0
 
 
@@ -345,6 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--device", default="cpu")
     cl.set_defaults(func=cmd_classify)
 
+    de = sub.add_parser("detect", help="boxes, labels and scores of objects in image files (DETR, ...)",
+                        description="Print each image's detections (pixel boxes) and write the image with "
+                                    "them drawn as IMAGE-detections.png.")
+    de.add_argument("run_dir", help="a run directory (or a model directory) of an object detector")
+    de.add_argument("images", nargs="+", metavar="IMAGE")
+    de.add_argument("--threshold", type=float, default=0.5, help="lowest score shown (default: 0.5)")
+    de.add_argument("--out", default=None, help="folder for the drawn images (default: the current one)")
+    de.add_argument("--device", default="cpu")
+    de.set_defaults(func=cmd_detect)
+
     tr = sub.add_parser("translate", help="translate text with a trained translation model",
                         description="Translate each TEXT argument, or else each line of stdin (empty "
                                     "lines give empty lines, so the output aligns with the input).")
@@ -384,6 +449,34 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--top", type=int, default=5, help="candidates per [MASK] (default 5)")
     fm.set_defaults(func=cmd_fill_mask)
 
+    co = sub.add_parser("complete", help="an image GPT completes the bottom halves of images",
+                        description="Give an image_lm run the top half of each image and sample the "
+                                    "bottom half pixel by pixel; draws originals, given halves and "
+                                    "completions as a PNG grid (with the pixels as JSON beside it).")
+    co.add_argument("run_dir", help="an image_lm run directory (or an image GPT model directory, with --image)")
+    co.add_argument("--split", default="test", help="which split of the run's data (default: test)")
+    co.add_argument("--n", type=int, default=8, help="how many images of the split (default 8)")
+    co.add_argument("--image", nargs="+", metavar="FILE",
+                    help="complete these image files instead (square, at least the model's size)")
+    co.add_argument("--samples-per-image", type=int, default=3, help="completions of each image (default 3)")
+    co.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    co.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely grey levels")
+    co.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
+    co.add_argument("--out", metavar="FILE", help="the PNG to write (default: RUN_DIR/complete-SPLIT.png)")
+    co.add_argument("--device", default="cpu")
+    co.set_defaults(func=cmd_complete)
+
+    pr = sub.add_parser("probe", help="linear-probe accuracy of each layer of an image GPT",
+                        description="Average each layer's features over the pixels of labelled images, fit "
+                                    "a logistic regression per layer on the training split and print its "
+                                    "test accuracy; writes probe.png (accuracy against layer) and probe.json.")
+    pr.add_argument("run_dir", help="an image_lm run directory")
+    pr.add_argument("--train-count", type=int, default=10000, help="training images to fit on (default 10000)")
+    pr.add_argument("--test-count", type=int, default=2000, help="test images to score (default 2000)")
+    pr.add_argument("--out", metavar="DIR", help="where probe.png and probe.json go (default: RUN_DIR/probe)")
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(func=cmd_probe)
+
     an = sub.add_parser(
         "analyze", help="look inside a trained model: attention, rollout, positions, distance, CKA",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -420,6 +513,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", metavar="DIR",
                     help="where the PNGs go (default: RUN_DIR/plots for one run, ./plots for several)")
     pl.set_defaults(func=cmd_plot)
+
+    xp = sub.add_parser("explore", help="look inside a run's attention in the browser (a local web page)",
+                        description="Serve one page on this machine: type a sentence (GPT, BERT), a source "
+                                    "sentence (translation) or upload an image (ViT, Swin), pick a layer and "
+                                    "a head, hover a token. Loads the model once; reads nothing else.")
+    xp.add_argument("run_dir", help="a run directory or model directory")
+    xp.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    xp.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only)")
+    xp.set_defaults(func=cmd_explore)
     return p
 
 

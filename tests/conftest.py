@@ -32,3 +32,18 @@ def data_root(tmp_path_factory):
     os.environ["QKV_DATA"] = str(root)
     data.get("shakespeare", source=FIXTURES / "shakespeare", log=lambda *a: None)
     return root
+
+
+DETECTION_COUNTS = {"train": 12, "val": 6, "test": 6}
+
+
+@pytest.fixture(scope="session")
+def detection_data(data_root):
+    """The data root with ``mnist-detection`` and ``fashion-detection`` prepared small
+    (12 / 6 / 6 canvases) from the MNIST and Fashion-MNIST fixtures: read them with
+    ``qkv.data.detection.read_split(data.prepared("mnist-detection"), split)``."""
+    for name, source in (("mnist", FIXTURES / "mnist"), ("fashion-mnist", FIXTURES / "fashion-mnist")):
+        data.get(name, source=source, log=lambda *a: None)
+    for name in ("mnist-detection", "fashion-detection"):
+        data.detection.SETS[name].prepare(data_root / name, counts=DETECTION_COUNTS, log=lambda *a: None)
+    return data_root

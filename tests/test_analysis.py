@@ -12,6 +12,7 @@ import qkv
 from qkv import data
 from qkv.analysis import (MinibatchCKA, attention_rollout, capture, cka, mean_attention_distance,
                           position_similarity, text_maps)
+from qkv.analysis.measures import TOKEN_PATTERNS, token_pattern_attention
 from qkv.cli import main
 
 from .conftest import CHAR_CONFIG, FIXTURES, ROOT, TINY
@@ -87,6 +88,18 @@ def test_position_similarity_grid():
     assert torch.allclose(sim[1, 1, 1, 1], torch.tensor(1.0)) and torch.allclose(sim[1, 1, 0, 0], torch.tensor(1.0))
     torch.testing.assert_close(sim[0, 2, 2, 1], sim[2, 1, 0, 2])  # symmetric
 
+
+
+def test_token_pattern_attention_by_hand():
+    # 4 tokens: [CLS] a b [SEP]; head 0 attends to the previous token, head 1 half to [CLS], half to itself
+    prev = torch.tensor([[1.0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+    mixed = torch.tensor([[1.0, 0, 0, 0], [1, 0, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 0, 1]])
+    profile = token_pattern_attention([torch.stack([prev, mixed])[None]])
+    assert TOKEN_PATTERNS == ("previous", "next", "self", "[CLS]", "[SEP]")
+    torch.testing.assert_close(profile[0, 0], torch.tensor([1.0, 0, 0, 0.5, 0]))   # a -> [CLS] is also "previous"
+    torch.testing.assert_close(profile[0, 1], torch.tensor([0.5, 0, 0.25, 0.75, 0]))  # a -> [CLS] again
+    with pytest.raises(ValueError, match="no token between"):
+        token_pattern_attention([torch.ones(1, 1, 2, 2)])
 
 # -- captured attention equals transformers' output_attentions -------------------------------
 

@@ -109,3 +109,19 @@ def test_config_errors(image_data, tmp_path):
     run = load_run_config(ROOT / "configs" / "vit-mnist.toml", ["model.preset=gpt2"])
     with pytest.raises(qkv.config.ConfigError, match=r"role 'image_classifier' \(resnet, swin, vit\), not 'gpt'"):
         task.for_training(run, tmp_path)
+
+
+def test_train_size_takes_nested_subsets_fixed_by_the_seed(image_data, tmp_path):
+    task = qkv.tasks.TASKS["image_classification"]
+
+    def subset(size, seed=1337):
+        run = load_run_config(ROOT / "configs" / "vit-mnist.toml", [f"data.train_size={size}", f"seed={seed}", *TINY_VIT])
+        return task.for_training(run, tmp_path).images
+
+    small, large, everything = subset(8), subset(16), subset(0)
+    assert len(small) == 8 and len(large) == 16
+    rows = {row.tobytes() for row in large}
+    assert all(row.tobytes() in rows for row in small)  # the 8 are among the 16
+    assert np.array_equal(subset(8), small) and not np.array_equal(subset(8, seed=1), small)
+    with pytest.raises(qkv.config.ConfigError, match=f"data.train_size={len(everything) + 1} exceeds"):
+        subset(len(everything) + 1)

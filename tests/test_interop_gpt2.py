@@ -80,7 +80,7 @@ def test_fields_qkv_cannot_honour_are_errors(tmp_path):
     for change, message in [({"add_cross_attention": True}, "cross-attention"),
                             ({"rotary_dim": 8}, "rotary_dim"),
                             ({"attn_pdrop": 0.3}, "one dropout rate"),
-                            ({"activation_function": "quick_gelu"}, "quick_gelu"),
+                            ({"activation_function": "relu6"}, "relu6"),
                             ({"model_type": "llama"}, "no qkv twin")]:
         (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(ConfigError, match=message):

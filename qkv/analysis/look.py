@@ -11,6 +11,10 @@ from ..errors import ConfigError
 from ..nn import capture
 
 
+# the attention modules of each kind in a seq2seq model (qkv.models.transformer's names)
+SEQ2SEQ_KINDS = {"cross": "*crossattention", "encoder": "encoder.*.attn", "decoder": "decoder.*.attn"}
+
+
 @dataclass
 class Maps:
     """Attention maps of one input: per layer (1, heads, queries, keys), with the labels of
@@ -29,15 +33,28 @@ def _forward(model, inputs: Tensor, attention_mask: Tensor | None = None):
     return model(inputs)
 
 
-@torch.no_grad()
-def text_maps(model, tokenizer, text: str, pattern: str = "*") -> Maps:
-    """Self-attention of a text model (GPT, BERT) over the tokens of ``text``."""
+def text_ids(tokenizer, text: str) -> list[int]:
+    """The token ids a text model reads for ``text`` (with [CLS] ... [SEP] for WordPiece)."""
     if tokenizer is None:
         raise ConfigError("this model has no tokenizer to read --text with")
-    ids = tokenizer.encode(text, special=True) if getattr(tokenizer, "kind", "") == "wordpiece" \
+    return tokenizer.encode(text, special=True) if getattr(tokenizer, "kind", "") == "wordpiece" \
         else tokenizer.encode(text)
+
+
+def check_length(ids: list[int], max_tokens: int | None, what: str = "the text") -> None:
+    """Refuse more than ``max_tokens`` tokens (None: any number), saying how many there are."""
+    if max_tokens is not None and len(ids) > max_tokens:
+        raise ConfigError(f"{what} is {len(ids)} tokens long; at most {max_tokens} can be looked at: shorten it")
+
+
+@torch.no_grad()
+def text_maps(model, tokenizer, text: str, pattern: str = "*", max_tokens: int | None = None) -> Maps:
+    """Self-attention of a text model (GPT, BERT) over the tokens of ``text`` (at most
+    ``max_tokens`` of them, else a ConfigError)."""
+    ids = text_ids(tokenizer, text)
     if not ids:
         raise ConfigError("the text is empty; give --text some words")
+    check_length(ids, max_tokens)
     with capture(model, pattern) as seen:
         _forward(model, torch.tensor([ids]))
     tokens = [tokenizer.decode([i]) for i in ids]
@@ -45,20 +62,23 @@ def text_maps(model, tokenizer, text: str, pattern: str = "*") -> Maps:
 
 
 @torch.no_grad()
-def translation_maps(model, tokenizer, source: str, target: str | None = None, kind: str = "cross") -> Maps:
+def translation_maps(model, tokenizer, source: str, target: str | None = None, kind: str = "cross",
+                     max_tokens: int | None = None) -> Maps:
     """Cross-attention (``kind="cross"``: target tokens over source tokens), encoder or
     decoder self-attention of a seq2seq model, for ``source`` and its greedy translation
-    (or the given ``target``), teacher-forced."""
+    (or the given ``target``), teacher-forced; each side at most ``max_tokens`` tokens."""
     from ..inference.translate import check_seq2seq, translate_texts
     from ..tokenizers import special_ids
 
     check_seq2seq(model, "the model")
     ids = special_ids(tokenizer)
+    src = tokenizer.encode(source) + [ids["eos_token_id"]]
+    check_length(src, max_tokens, "the source (with its end-of-sentence token)")
     if target is None:
         target = translate_texts(model, tokenizer, [source], beam=1)[0]
-    src = tokenizer.encode(source) + [ids["eos_token_id"]]
     tgt = [ids["bos_token_id"]] + tokenizer.encode(target)
-    pattern = {"cross": "*crossattention", "encoder": "encoder.*.attn", "decoder": "decoder.*.attn"}[kind]
+    check_length(tgt, max_tokens, "the target (with its start token)")
+    pattern = SEQ2SEQ_KINDS[kind]
     with capture(model, pattern) as seen:
         model(torch.tensor([src]), torch.tensor([tgt]))
     src_tokens = [tokenizer.decode([i]) for i in src]

@@ -166,3 +166,21 @@ def grid_of(num_patches: int) -> tuple[int, int]:
     if side * side != num_patches:
         raise ValueError(f"{num_patches} patches are not a square grid")
     return side, side
+
+
+TOKEN_PATTERNS = ("previous", "next", "self", "[CLS]", "[SEP]")
+
+
+def token_pattern_attention(maps: list[Tensor]) -> Tensor:
+    """(layers, heads, 5): how much attention the inner tokens of one ``[CLS] ... [SEP]``
+    sequence give, on average, to the previous token, the next token, themselves, [CLS] and
+    [SEP] (``TOKEN_PATTERNS``; Clark et al. 2019, Section 3). ``maps``: per layer (1, heads, n, n)."""
+    a = torch.stack([m[0] for m in maps])            # (layers, heads, n, n)
+    n = a.size(-1)
+    if n < 3:
+        raise ValueError(f"a sequence of {n} tokens has no token between [CLS] and [SEP]")
+    inner = torch.arange(1, n - 1)                   # not [CLS] (first), not [SEP] (last)
+    rows = a[:, :, inner]                            # (layers, heads, n - 2, n)
+    targets = (inner - 1, inner + 1, inner, torch.zeros_like(inner), torch.full_like(inner, n - 1))
+    return torch.stack([rows.gather(-1, t.expand(*rows.shape[:2], -1)[..., None])[..., 0].mean(-1)
+                        for t in targets], -1)

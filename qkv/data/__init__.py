@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import bible, brown, fashion_mnist, minilm, mnist, nlp_en_de, shakespeare
+from . import bible, brown, detection, fashion_mnist, minilm, mnist, nlp_en_de, shakespeare
 from .errors import DataError
 from .lm import corpus_tokenizer, encode_corpus
 
 DATASETS = {"shakespeare": shakespeare, "brown": brown, "bible-en-de": bible, "nlp-en-de": nlp_en_de,
-            "fashion-mnist": fashion_mnist, "mnist": mnist, "all-minilm-l6-v2": minilm}
+            "fashion-mnist": fashion_mnist, "mnist": mnist, "all-minilm-l6-v2": minilm,
+            **detection.SETS}
 
 
 def data_root(override: str | Path | None = None) -> Path:

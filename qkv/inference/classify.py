@@ -12,15 +12,17 @@ from PIL import Image, UnidentifiedImageError
 from ..data.images import to_pixels
 
 
-def load_image(path: str | Path, config) -> torch.Tensor:
-    """One image file -> normalised (1, channels, size, size) float tensor: converted to
-    grey ("L") or RGB, resized (bicubic) to the model's image_size if it differs."""
+def open_image(path: str | Path, config) -> Image.Image:
+    """One image file, converted to grey ("L") or RGB as the model's config says, or a
+    ValueError that names the problem (missing, not an image, too large to decode safely)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    if config.num_channels not in (1, 3):
+        raise ValueError(f"the model takes {config.num_channels}-channel images; qkv reads grey or RGB files")
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if config.num_channels == 1 else "RGB")
+            return image.convert("L" if config.num_channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not an image Pillow can read ({type(e).__name__}); give a PNG, JPEG, ...") from e
     except Image.DecompressionBombError as e:  # not an OSError: Pillow refuses to decode it at all
@@ -29,8 +31,12 @@ def load_image(path: str | Path, config) -> torch.Tensor:
         raise ValueError(f"{path} is too large to open safely ({count}, Pillow's limit is "
                          f"{2 * Image.MAX_IMAGE_PIXELS:,}); resize the image first (the model takes "
                          f"{config.image_size}x{config.image_size})") from e
-    if config.num_channels not in (1, 3):
-        raise ValueError(f"the model takes {config.num_channels}-channel images; qkv classify reads grey or RGB")
+
+
+def load_image(path: str | Path, config) -> torch.Tensor:
+    """One image file -> normalised (1, channels, size, size) float tensor: converted to
+    grey ("L") or RGB, resized (bicubic) to the model's image_size if it differs."""
+    image = open_image(path, config)
     size = (config.image_size, config.image_size)
     if image.size != size:
         image = image.resize(size, Image.Resampling.BICUBIC)

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import bert, gpt2, hf, marian, resnet, swin, vit
+from . import bert, deformable_detr, detr, gpt2, hf, imagegpt, marian, resnet, swin, vit
 
 # Hugging Face model_type -> converter
 FROM_HF = {gpt2.MODEL_TYPE: gpt2, bert.MODEL_TYPE: bert, marian.MODEL_TYPE: marian, vit.MODEL_TYPE: vit,
-           swin.MODEL_TYPE: swin, resnet.MODEL_TYPE: resnet}
+           swin.MODEL_TYPE: swin, resnet.MODEL_TYPE: resnet, imagegpt.MODEL_TYPE: imagegpt,
+           detr.MODEL_TYPE: detr, deformable_detr.MODEL_TYPE: deformable_detr}
 TO_HF = {"gpt": gpt2, "bert": bert, "transformer": marian, "vit": vit, "swin": swin,  # qkv model_type -> converter
-         "resnet": resnet}
+         "resnet": resnet, "igpt": imagegpt, "detr": detr,
+         "deformable_detr": deformable_detr}
 
 
 def is_hf_config(config: dict) -> bool:

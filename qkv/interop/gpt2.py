@@ -51,6 +51,9 @@ def config_from_hf(hf: dict) -> GPTConfig:
 def config_to_hf(c: GPTConfig, eos_token_id: int | None = None) -> dict:
     if not c.bias:
         raise ConfigError("GPT-2 has biases everywhere; a bias=false model has no GPT-2 twin")
+    if c.norm != "layernorm" or c.lm_head_size not in (None, c.vocab_size):
+        raise ConfigError(f"GPT-2 has LayerNorm and a head over the whole vocabulary; a model with norm={c.norm!r}, "
+                          f"lm_head_size={c.lm_head_size} has no GPT-2 twin")
     hf = {theirs: getattr(c, ours) for theirs, ours in MAPPED.items()}
     return {"architectures": ["GPT2LMHeadModel"], "model_type": MODEL_TYPE, **hf,
             **{k: c.dropout for k in DROPOUTS}, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id}

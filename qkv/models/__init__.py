@@ -19,7 +19,10 @@ from ..config import from_dict
 from ..errors import ConfigError
 from .baselines import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from .bert import BERT, BERTConfig
+from .deformable_detr import DeformableDETR, DeformableDETRConfig
+from .detr import DETR, DETRConfig
 from .gpt import GPT, GPTConfig
+from .igpt import ImageGPT, ImageGPTConfig
 from .resnet import ResNet, ResNetConfig
 from .swin import Swin, SwinConfig
 from .transformer import Transformer, TransformerConfig
@@ -44,7 +47,7 @@ def register(cls: type) -> type:
     return cls
 
 
-for _cls in (GPT, BERT, Transformer, LSTMSeq2Seq, ViT, Swin, ResNet):
+for _cls in (GPT, BERT, Transformer, LSTMSeq2Seq, ViT, Swin, ResNet, ImageGPT, DETR, DeformableDETR):
     register(_cls)
 
 
@@ -109,6 +112,6 @@ def from_section(section: dict[str, Any], role: str, *, default: str, data: dict
     return build(model_type, **{**values, **data, **cfg, **fixed})
 
 
-__all__ = ["BERT", "BERTConfig", "GPT", "GPTConfig", "LSTMSeq2Seq", "LSTMSeq2SeqConfig", "MODELS", "PRESETS",
+__all__ = ["BERT", "BERTConfig", "DETR", "DETRConfig", "DeformableDETR", "DeformableDETRConfig", "GPT", "GPTConfig", "ImageGPT", "ImageGPTConfig", "LSTMSeq2Seq", "LSTMSeq2SeqConfig", "MODELS", "PRESETS",
            "Swin", "SwinConfig", "Transformer", "TransformerConfig", "ViT", "ViTConfig", "build", "from_config",
            "from_section", "kinds", "register", "resolve"]

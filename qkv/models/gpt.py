@@ -4,6 +4,10 @@ Token and learned position embeddings, a stack of pre-LN causal self-attention b
 a final LayerNorm and a linear head tied to the token embeddings. Parameter names follow
 Hugging Face's ``GPT2LMHeadModel`` (transformer.wte, transformer.h.0.attn.c_attn, ...), so
 conversion is a table of renames and transposes (``qkv/interop/gpt2.py``).
+
+Two options serve ImageGPT (``qkv/models/igpt.py``) and leave GPT-2 as it was by default:
+``norm = "rmsnorm"`` (no mean subtraction, no bias) and ``lm_head_size`` (a head over fewer
+outputs than the vocabulary, or none).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import ACTIVATIONS, Block, KVCache, causal_mask, padding_mask
+from ..nn.blocks import NORMS, norm_layer
 
 
 @dataclass
@@ -32,6 +37,8 @@ class GPTConfig:
     tie_word_embeddings: bool = True
     scale_attn_weights: bool = True  # divide Q K^T by sqrt(head_dim)
     scale_attn_by_inverse_layer_idx: bool = False  # and by layer index + 1 (GPT-2 option)
+    norm: str = "layernorm"  # or "rmsnorm": x / sqrt(mean(x^2) + eps) * g (ImageGPT's LayerNorm)
+    lm_head_size: int | None = None  # outputs of lm_head; None = vocab_size; 0 = no head (the trunk)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -43,6 +50,17 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.lm_head_size is not None and (not isinstance(self.lm_head_size, int) or self.lm_head_size < 0):
+            raise ValueError(f"lm_head_size must be an integer >= 0 (or unset: vocab_size), got {self.lm_head_size!r}")
+        if self.tie_word_embeddings and self.lm_head_size not in (None, self.vocab_size):
+            raise ValueError(f"a tied head has vocab_size={self.vocab_size} outputs, not lm_head_size="
+                             f"{self.lm_head_size}; set tie_word_embeddings=false")
+
+    @property
+    def head_outputs(self) -> int:
+        return self.vocab_size if self.lm_head_size is None else self.lm_head_size
 
     def attn_scale(self, layer: int) -> float:
         scale = 1.0 / math.sqrt(self.n_embd // self.n_head) if self.scale_attn_weights else 1.0
@@ -73,12 +91,13 @@ class GPT(nn.Module):
             drop=nn.Dropout(c.dropout),
             h=nn.ModuleList(
                 Block(c.n_embd, c.n_head, c.n_inner or 4 * c.n_embd, norm_first=True, act=c.activation,
-                      bias=c.bias, dropout=c.dropout, eps=c.layer_norm_eps, attn_scale=c.attn_scale(i))
+                      bias=c.bias, dropout=c.dropout, eps=c.layer_norm_eps, attn_scale=c.attn_scale(i),
+                      norm=c.norm)
                 for i in range(c.n_layer)
             ),
-            ln_f=nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias),
+            ln_f=norm_layer(c.norm, c.n_embd, c.layer_norm_eps, c.bias),
         ))
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = nn.Linear(c.n_embd, c.head_outputs, bias=False) if c.head_outputs else None
         if c.tie_word_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
@@ -152,6 +171,9 @@ class GPT(nn.Module):
                 labels: Tensor | None = None, cache: KVCache | None = None):
         """Logits (batch, time, vocab); with ``labels`` (batch, time: the token that follows
         each position, already shifted; -100 = ignore), returns (logits, mean cross-entropy)."""
+        if self.lm_head is None:
+            raise ValueError("this model has no head (lm_head_size=0: a trunk, e.g. from an ImageGPTModel "
+                             "checkpoint); use forward_features for its hidden states")
         h = self.forward_features(input_ids, attention_mask, cache=cache)
         logits = self.lm_head(h)
         if labels is None:

@@ -14,6 +14,9 @@ Capturing: give a ``MultiHeadAttention`` a list as ``captured`` (``qkv.nn.captur
 this for chosen layers of any model) and each forward call appends its weights there,
 computed on the explicit path; layers not captured keep the fused kernel.
 
+Positions may enter the queries and keys only (``pos``, ``context_pos``), leaving the values
+content alone, as DETR adds its 2-D sine and object-query positions in every layer.
+
 An additive float ``bias`` on the scores (broadcast to (B, H, Tq, Tk)) serves models whose
 scores carry learned terms, e.g. Swin's relative position bias (Liu et al., 2021, Eq. 4):
 softmax(Q K^T / sqrt(d) + B) V. It combines with the boolean mask: masked pairs get -inf.
@@ -159,10 +162,21 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, t: Tensor) -> Tensor:  # (B, T, H*D) -> (B, H, T, D)
         return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
-    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _rows(linear: nn.Linear, t: Tensor, rows: slice) -> Tensor:
+        """Some outputs of a fused projection (e.g. Q and K of Q/K/V), computed from ``t``."""
+        return F.linear(t, linear.weight[rows], None if linear.bias is None else linear.bias[rows])
+
+    def context_kv(self, context: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values (B, H, S, D) of ``context``: computed once per
-        source and passed back as ``kv`` at every decoding step."""
-        k, v = self.c_attn(context).chunk(2, dim=-1)
+        source and passed back as ``kv`` at every decoding step. ``pos`` (B or 1, S, kv_dim)
+        is added to the context where it makes the keys, not the values (DETR)."""
+        if pos is None:
+            k, v = self.c_attn(context).chunk(2, dim=-1)
+        else:
+            d = self.num_heads * self.head_dim
+            k = self._rows(self.c_attn, context + pos, slice(0, d))
+            v = self._rows(self.c_attn, context, slice(d, 2 * d))
         return self._heads(k), self._heads(v)
 
     def forward(
@@ -176,21 +190,32 @@ class MultiHeadAttention(nn.Module):
         cache: LayerKV | None = None,
         kv: tuple[Tensor, Tensor] | None = None,
         bias: Tensor | None = None,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: (B, T, dim); context: (B, S, kv_dim) for cross-attention; ``cache``: this
         layer's KV cache during generation (keys/values of earlier positions); ``kv``: the
         context's keys and values from ``context_kv`` (cross-attention during generation);
         ``bias``: float, added to the scores, (B or 1, H or 1, T, S).
+        ``pos`` (B or 1, T, dim): positions added to ``x`` where it makes the queries (and, in
+        self-attention, the keys), never the values; ``context_pos`` (B or 1, S, kv_dim): the
+        same for the context's keys. This is DETR's attention (Carion et al., 2020, Appendix
+        A.3): positions enter every layer's queries and keys; the values carry content only.
 
         Returns (output (B, T, dim), attention weights (B, H, T, S) or None).
         """
         if self.cross:
             if context is None and kv is None:
                 raise ValueError("cross-attention needs a context tensor")
-            q = self.q_attn(x)
-            k, v = kv if kv is not None else self.context_kv(context)
+            q = self.q_attn(x if pos is None else x + pos)
+            k, v = kv if kv is not None else self.context_kv(context, context_pos)
         else:
-            q, k, v = self.c_attn(x).chunk(3, dim=-1)
+            if pos is None:
+                q, k, v = self.c_attn(x).chunk(3, dim=-1)
+            else:  # Q and K from x + pos, V from x: the same fused weights, in two products
+                d = self.num_heads * self.head_dim
+                q, k = self._rows(self.c_attn, x + pos, slice(0, 2 * d)).chunk(2, dim=-1)
+                v = self._rows(self.c_attn, x, slice(2 * d, 3 * d))
             k, v = self._heads(k), self._heads(v)
         if cache is not None:
             k, v = cache.update(k, v)

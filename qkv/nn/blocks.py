@@ -9,6 +9,7 @@ Block with ``cross_attention=True`` called with ``is_causal=True``.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,7 +23,19 @@ ACTIVATIONS = {
     "relu": F.relu,
     "silu": F.silu,
     "swish": F.silu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # GELU's sigmoid approximation (ImageGPT)
 }
+NORMS = ("layernorm", "rmsnorm")
+
+
+def norm_layer(kind: str, dim: int, eps: float = 1e-5, bias: bool = True) -> nn.Module:
+    """LayerNorm (Ba et al., 2016), or ``"rmsnorm"``: x / sqrt(mean(x^2) + eps) * g, without
+    mean subtraction or bias (Zhang & Sennrich, 2019; ImageGPT's "LayerNorm")."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
 
 
 def activation(name: str):
@@ -62,17 +75,18 @@ class Block(nn.Module):
         dropout: float = 0.0,
         eps: float = 1e-5,
         attn_scale: float | None = None,
+        norm: str = "layernorm",
     ):
         super().__init__()
         self.norm_first = norm_first
-        self.ln_1 = nn.LayerNorm(dim, eps=eps, bias=bias)
+        self.ln_1 = norm_layer(norm, dim, eps, bias)
         self.attn = MultiHeadAttention(dim, num_heads, bias=bias, dropout=dropout, scale=attn_scale)
         if cross_attention:
-            self.ln_cross_attn = nn.LayerNorm(dim, eps=eps, bias=bias)
+            self.ln_cross_attn = norm_layer(norm, dim, eps, bias)
             self.crossattention = MultiHeadAttention(
                 dim, num_heads, cross=True, bias=bias, dropout=dropout, scale=attn_scale
             )
-        self.ln_2 = nn.LayerNorm(dim, eps=eps, bias=bias)
+        self.ln_2 = norm_layer(norm, dim, eps, bias)
         self.mlp = FeedForward(dim, mlp_dim or 4 * dim, act=act, bias=bias, dropout=dropout)
 
     def _residual(self, x: Tensor, norm: nn.LayerNorm, sublayer) -> tuple[Tensor, Tensor | None]:
@@ -93,18 +107,24 @@ class Block(nn.Module):
         need_weights: bool = False,
         cache=None,
         context_kv: tuple[Tensor, Tensor] | None = None,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Returns (x, self-attention weights or None). ``cache``: this layer's KV cache;
         ``context_kv``: the context's cross-attention keys/values, computed once
-        (``crossattention.context_kv``) instead of from ``context`` at every step."""
+        (``crossattention.context_kv``) instead of from ``context`` at every step.
+        ``pos``: positions added to the queries and keys of self-attention and to the queries
+        of cross-attention; ``context_pos``: added to the cross-attention keys (DETR; never
+        to values, see ``MultiHeadAttention``)."""
         x, weights = self._residual(
             x, self.ln_1,
-            lambda h: self.attn(h, mask=mask, is_causal=is_causal, need_weights=need_weights, cache=cache),
+            lambda h: self.attn(h, mask=mask, is_causal=is_causal, need_weights=need_weights, cache=cache, pos=pos),
         )
         if context is not None or context_kv is not None:
             x, _ = self._residual(
                 x, self.ln_cross_attn,
-                lambda h: self.crossattention(h, context, context_mask, kv=context_kv),
+                lambda h: self.crossattention(h, context, context_mask, kv=context_kv, pos=pos,
+                                              context_pos=context_pos),
             )
         x, _ = self._residual(x, self.ln_2, lambda h: (self.mlp(h), None))
         return x, weights

@@ -5,6 +5,8 @@ Sinusoidal positions are Section 3.5 of Vaswani et al. (2017):
 PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
 Learned positions over a 2-D patch grid (ViT) move to another grid size by bicubic
 interpolation (``interpolate_grid``; Dosovitskiy et al. 2021, Section 3.2).
+Fixed 2-D sine positions of a (possibly padded) feature grid are DETR's
+(``sine_positions_2d``; Carion et al. 2020, Appendix A.3).
 """
 from __future__ import annotations
 
@@ -63,3 +65,39 @@ def interpolate_grid(table: Tensor, old_grid: tuple[int, int], new_grid: tuple[i
     grid = grid.reshape(1, *old_grid, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
     return torch.cat([head, grid.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+
+
+def sine_positions_2d(mask: Tensor, dim: int, *, temperature: float = 10000.0, normalize: bool = True,
+                      scale: float = 2 * math.pi, offset: float = 0.0, eps: float = 1e-6) -> Tensor:
+    """Fixed 2-D sine positions of a feature grid: DETR's ``PositionEmbeddingSine`` (Carion et
+    al., 2020, "End-to-End Object Detection with Transformers", Appendix A.3: "for both spatial
+    coordinates of each embedding we independently use d/2 sine and cosine functions with
+    different frequencies. We then concatenate them to get the final d channel positional
+    encoding").
+
+    mask (batch, height, width): True (or 1) on real cells, False on padding. A cell's y is
+    the number of real cells above it and including it in its column (x: in its row), so
+    padded images get the positions of their real part; with ``normalize`` they are
+    rescaled to (0, ``scale``] by the column's (row's) real extent, after adding ``offset``
+    (Deformable DETR uses -0.5: cell centres). Channel 2i of each half is
+    sin(p / temperature^(2i/(dim/2))), channel 2i + 1 the cosine of the same.
+
+    Returns (batch, dim, height, width), float32: dim/2 channels for y, then dim/2 for x.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sine positions need dim divisible by 4 (sine and cosine for y and x), got {dim}")
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be (batch, height, width), got shape {tuple(mask.shape)}")
+    real = mask.to(torch.float32)
+    y, x = real.cumsum(1), real.cumsum(2)
+    if normalize:
+        y = (y + offset) / (y[:, -1:, :] + eps) * scale
+        x = (x + offset) / (x[:, :, -1:] + eps) * scale
+    half = dim // 2
+    freq = temperature ** (2 * (torch.arange(half, device=mask.device) // 2).to(torch.float32) / half)
+
+    def waves(p: Tensor) -> Tensor:  # (B, H, W) -> (B, H, W, half): sin, cos, sin, cos, ...
+        p = p[..., None] / freq
+        return torch.stack((p[..., 0::2].sin(), p[..., 1::2].cos()), dim=4).flatten(3)
+
+    return torch.cat((waves(y), waves(x)), dim=3).permute(0, 3, 1, 2)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Option, Task
+from .detection import DetectionTask
 from .image_classification import ImageClassificationTask
+from .image_lm import ImageLMTask
 from .lm import LanguageModelTask
 from .mlm import MaskedLanguageModelTask
 from .text_classification import TextClassificationTask
 from .translation import TranslationTask
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (
-    LanguageModelTask, MaskedLanguageModelTask, TranslationTask, TextClassificationTask, ImageClassificationTask)}
+    LanguageModelTask, MaskedLanguageModelTask, TranslationTask, TextClassificationTask, ImageClassificationTask,
+    ImageLMTask, DetectionTask)}
 
 
 def task_class(name: str) -> type[Task]:

@@ -27,6 +27,7 @@ from .. import models
 from ..config import from_dict
 from ..data import prepared
 from ..data.images import load_split, read_meta, to_pixels
+from ..errors import ConfigError
 from .base import Task, device_of
 
 
@@ -38,11 +39,12 @@ class ImageDataConfig:
     mixup: float = 0.0           # Beta(a, a) parameter of mixup; 0 = off
     cutmix: float = 0.0          # Beta(a, a) parameter of CutMix; 0 = off (both on: one per batch, at random)
     label_smoothing: float = 0.0
+    train_size: int = 0          # train on this many training images (a subset fixed by the seed); 0 = all
     dir: str = ""                # data root; "" = $QKV_DATA or ~/.cache/qkv
 
     def __post_init__(self):
-        if self.crop_padding < 0 or self.mixup < 0 or self.cutmix < 0:
-            raise ValueError("data.crop_padding, data.mixup and data.cutmix must be >= 0")
+        if self.crop_padding < 0 or self.mixup < 0 or self.cutmix < 0 or self.train_size < 0:
+            raise ValueError("data.crop_padding, data.mixup, data.cutmix and data.train_size must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"data.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -101,6 +103,12 @@ class ImageClassificationTask(Task):
 
     def prepare_training(self) -> None:
         self.images, self.labels = load_split(self.folder, "train")
+        if self.data.train_size:  # the first train_size of a permutation fixed by the seed: nested subsets
+            if self.data.train_size > len(self.images):
+                raise ConfigError(f"data.train_size={self.data.train_size} exceeds the {len(self.images):,} "
+                                  f"training images of {self.data.name}; lower it (0 = all)")
+            keep = np.sort(np.random.default_rng([self.run.seed, 0]).permutation(len(self.images))[:self.data.train_size])
+            self.images, self.labels = self.images[keep], self.labels[keep]
         self._orders: dict[int, np.ndarray] = {}
         n_val = self.run.train.eval_batches * self.run.train.batch_size
         val_x, val_y = load_split(self.folder, "val")
