@@ -269,6 +269,7 @@ MEASURES = {  # what `qkv analyze` measures -> (positional words after it, optio
     "bias": ((), ()),
     "distance": ((), ("split", "count")),
     "cka": (("RUN_B",), ("split", "count")),
+    "queries": (("IMAGE",), ("threshold",)),
 }
 ANALYZE_OPTIONS = sorted({name for _, takes in MEASURES.values() for name in takes})
 
@@ -303,6 +304,8 @@ def cmd_analyze(args) -> int:
         png = commands.bias(run_dir, out)
     elif measure == "distance":
         png = commands.distance(run_dir, args.split, out, **count)
+    elif measure == "queries":
+        png = commands.queries(run_dir, rest[0], out, threshold=args.threshold)
     else:
         png = commands.cka(run_dir, rest[0], args.split, out, **count)
     print(png)
@@ -478,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_probe)
 
     an = sub.add_parser(
-        "analyze", help="look inside a trained model: attention, rollout, positions, distance, CKA",
+        "analyze", help="look inside a trained model: attention, rollout, positions, distance, CKA, queries",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Measure what a run's model does and draw it: a PNG and its numbers as JSON, under "
                     "RUN_DIR/analysis (or --out).",
@@ -490,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
   qkv analyze RUN_DIR positions                  cosine similarity of a ViT's position embeddings
   qkv analyze RUN_DIR bias                       each Swin head's relative position bias over (dy, dx)
   qkv analyze RUN_DIR distance --split val       mean attention distance per head against depth
-  qkv analyze cka RUN_A RUN_B --split val        layer x layer CKA of two models on the same inputs""")
+  qkv analyze cka RUN_A RUN_B --split val        layer x layer CKA of two models on the same inputs
+  qkv analyze RUN_DIR queries IMAGE.png          a detector: what each detected object's query looked at""")
     an.add_argument("words", nargs="+", metavar="RUN_DIR MEASURE [ARG]")
     an.add_argument("--text", help="attention: the text to read")
     an.add_argument("--src", help="attention, translation run: the source sentence")
@@ -503,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--discard-ratio", type=float, default=0.0, help="rollout: drop this fraction of the weakest weights")
     an.add_argument("--split", default="val", help="distance, cka: the split whose inputs are used (default: val)")
     an.add_argument("--count", type=int, help="distance, cka: how many examples (default 256 / 512)")
+    an.add_argument("--threshold", type=float, default=0.5, help="queries: lowest score of a detection shown")
     an.add_argument("--out", metavar="DIR", help="where the PNG and JSON go (default: RUN_DIR/analysis)")
     an.set_defaults(func=cmd_analyze, parser=an)
 

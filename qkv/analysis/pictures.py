@@ -134,3 +134,32 @@ def bias_figure(tables: dict[str, np.ndarray]):
     fig.supxlabel("dx (key column - query column)")
     fig.supylabel("block; dy (key row - query row)")
     return fig
+
+
+def queries_figure(image: np.ndarray, boxes: np.ndarray, labels: list[str], *, maps: np.ndarray | None = None,
+                   points: list[tuple[np.ndarray, np.ndarray]] | None = None, most: int = 8):
+    """One panel per detected object (at most ``most``): its box (normalised x0, y0, x1, y1)
+    on the image, and what its query looked at: a map over the feature grid (``maps``,
+    objects x h x w) or sampling points (x, y in [0, 1]) sized by their weights (``points``)."""
+    from matplotlib.patches import Rectangle
+
+    h, w = image.shape[:2]
+    n = min(len(labels), most)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+        if maps is not None:
+            ax.imshow(maps[i], cmap="jet", alpha=0.5, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
+        if points is not None:
+            xy, weight = points[i]
+            ax.scatter(xy[:, 0] * w - 0.5, xy[:, 1] * h - 0.5, s=3 + 60 * weight / max(float(weight.max()), 1e-12),
+                       c=weight, cmap="autumn_r", alpha=0.8, edgecolors="none")
+        x0, y0, x1, y1 = boxes[i] * np.array([w, h, w, h])
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.set_title(labels[i], fontsize=9)
+        ax.axis("off")
+    fig.suptitle("cross-attention of each object's query (last decoder layer)" if maps is not None else
+                 "sampling points of each object's query (last decoder layer, all levels and heads)", fontsize=9)
+    return fig
