@@ -110,7 +110,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [train_for(kind, args.minutes, runs) for kind in CONFIGS]
     figure(rows, out)
-    pictures = alignments(Path(rows[0]["run"]), out / "alignments")
+    pictures = [str(Path(p).relative_to(out)) for p in alignments(Path(rows[0]["run"]), out / "alignments")]
     results = {"minutes": args.minutes, "buckets": [n for n, _ in bucket_names()], "runs": rows,
                "alignments": pictures}
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")

@@ -18,7 +18,7 @@ from qkv.cli import main
 from qkv.data.palette import downsample, fit_palette, kmeans_1d, to_pixels, to_tokens
 from qkv.errors import ConfigError, DataError
 from qkv.inference.complete import complete
-from qkv.models import ImageGPT, ImageGPTConfig
+from qkv.models import ImageGPT
 from qkv.tasks import TASKS
 from qkv.train.config import load_run_config
 from qkv.train.metrics import read_metrics
@@ -365,7 +365,7 @@ def test_bad_input_is_one_line_and_exit_2(run, data_root, tmp_path, capsys):
 def test_config_errors(image_data, tmp_path):
     task = TASKS["image_lm"]
     for override, message in [("model.preset=igpt-28-small", r"is for 28x28 images but data.resolution=14"),
-                              ("model.vocab_size=5", r"\[model\] sets vocab_size=5, but the data dictates vocab_size=9"),
+                              ("model.vocab_size=5", r"sets vocab_size=5, but the data dictates vocab_size=9"),
                               ("model.preset=gpt2", r"role 'image_lm' \(igpt\), not 'gpt'"),
                               ("data.resolution=30", "exceeds the images' 28x28"),
                               ("data.k=1", "data.k must be in 2..256")]:

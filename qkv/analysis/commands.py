@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .look import hidden_states, image_maps, relative_position_biases, text_maps, translation_maps
+from .look import hidden_states, image_maps, query_looks, relative_position_biases, text_maps, translation_maps
 from .measures import (MinibatchCKA, attention_rollout, cls_rollout_map, grid_of, mean_attention_distance,
                        position_similarity)
 from .pictures import (bias_figure, cka_figure, distance_figure, heads_figure, overlay_figure, positions_figure,
@@ -153,40 +153,27 @@ def cka(run_a, run_b, split: str, out: Path, *, count: int = 512, batch: int = 6
                  "cka": matrix.round(5).tolist()})
 
 
-@torch.no_grad()
 def queries(run_dir, image: str, out: Path, *, threshold: float = 0.5) -> Path:
-    """What each detected object's query looked at in the last decoder layer: DETR's
-    cross-attention over the feature grid (Carion et al. 2020, Figure 6), mean of heads, or
-    Deformable DETR's sampling points on every level, sized by their weights (Zhu et al.
-    2021, Figure 6), beside the box it predicted."""
-    from ..inference.detect import detect
-    from ..nn import capture
-    from ..nn.deformable import MultiScaleDeformableAttention, capture_sampling
+    """What each detected object's query looked at in the last decoder layer (``query_looks``),
+    beside the box it predicted."""
+    from ..inference.classify import open_image
 
     model, _ = _load(run_dir)
     if getattr(model, "role", None) != "object_detector":
         raise ConfigError(f"{run_dir} holds a {model.model_type!r} model; queries needs an object detector (DETR, ...)")
-    deformable = any(isinstance(m, MultiScaleDeformableAttention) for m in model.modules())
-    last = f"decoder.layers.{len(model.decoder.layers) - 1}"
-    with (capture_sampling(model, f"{last}.encoder_attn") if deformable else capture(model, f"{last}.crossattention")) as seen:
-        (shown, found), = detect(model, [image], threshold)
+    shown = np.array(open_image(image, model.config))
+    found, looks = query_looks(model, shown, threshold)
     if not len(found["scores"]):
         raise ConfigError(f"no object in {image} scores {threshold} or more; lower --threshold")
     names = model.config.label_names
     labels = [f"{names[l]} {s:.2f}" for l, s in zip(found["labels"].tolist(), found["scores"].tolist())]
-    if deformable:
-        sampling = seen[f"{last}.encoder_attn"][0]
-        looks = [sampling.query(0, q) for q in found["queries"].tolist()]  # (L, M, K, 2), (L, M, K)
-        numbers = {"points": [p.flatten(0, 2).numpy().round(4).tolist() for p, _ in looks],
-                   "weights": [w.flatten().numpy().round(4).tolist() for _, w in looks]}
-        fig = queries_figure(shown, found["boxes"].numpy(), labels, points=[(p.flatten(0, 2).numpy(), w.flatten().numpy())
-                                                                            for p, w in looks])
+    if "maps" in looks:
+        numbers = {"grid": list(looks["maps"].shape[1:]), "maps": looks["maps"].numpy().round(5).tolist()}
+        fig = queries_figure(shown, found["boxes"].numpy(), labels, maps=looks["maps"].numpy())
     else:
-        h, w = shown.shape[:2]
-        grid = model.backbone.forward_stages(torch.zeros(1, model.config.num_channels, h, w))[-1].shape[-2:]
-        maps = seen.maps()[0][0].mean(0)[found["queries"]].reshape(-1, *grid)   # (objects, h', w')
-        numbers = {"grid": list(grid), "maps": maps.numpy().round(5).tolist()}
-        fig = queries_figure(shown, found["boxes"].numpy(), labels, maps=maps.numpy())
+        numbers = {k: [t.numpy().round(4).tolist() for t in looks[k]] for k in ("points", "weights")}
+        fig = queries_figure(shown, found["boxes"].numpy(), labels,
+                             points=[(p.numpy(), w.numpy()) for p, w in zip(looks["points"], looks["weights"])])
     return save(fig, out, f"queries-{Path(image).stem}", {"image": str(image), "threshold": threshold,
                                                           "objects": labels, "boxes": found["boxes"].numpy().round(4).tolist(),
                                                           **numbers})

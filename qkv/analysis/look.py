@@ -118,3 +118,33 @@ def relative_position_biases(model) -> dict[str, Tensor]:
         raise ConfigError(f"a {getattr(model, 'model_type', type(model).__name__)!r} model has no relative "
                           "position bias (Swin has one per block)")
     return out
+
+
+@torch.no_grad()
+def query_looks(model, image, threshold: float = 0.5) -> tuple[dict, dict]:
+    """An object detector's detections on one image (uint8 (H, W) or (H, W, 3), read at its
+    size) and what each detected object's query looked at in the last decoder layer:
+    ``{"maps": (objects, h, w)}``, DETR's cross-attention over the feature grid, mean of
+    heads (Carion et al. 2020, Figure 6), or ``{"points": [(P, 2)], "weights": [(P,)]}``,
+    Deformable DETR's sampling points (x, y in [0, 1]) over every level and head with their
+    attention weights (Zhu et al. 2021, Figure 6)."""
+    import numpy as np
+
+    from ..data.images import to_pixels
+    from ..inference.detect import detections
+    from ..nn.deformable import MultiScaleDeformableAttention, capture_sampling
+
+    pixels = to_pixels(np.asarray(image)[None], *model.config.mean_std).to(next(model.parameters()).device)
+    last = f"decoder.layers.{len(model.decoder.layers) - 1}"
+    if any(isinstance(m, MultiScaleDeformableAttention) for m in model.modules()):
+        with capture_sampling(model, f"{last}.encoder_attn") as seen:
+            found = detections(model, model(pixels), threshold)[0]
+        sampling = seen[f"{last}.encoder_attn"][0]
+        picked = [sampling.query(0, q) for q in found["queries"].tolist()]  # (L, M, K, 2), (L, M, K)
+        looks = {"points": [p.flatten(0, 2).cpu() for p, _ in picked], "weights": [w.flatten().cpu() for _, w in picked]}
+    else:
+        with capture(model, f"{last}.crossattention") as seen:
+            found = detections(model, model(pixels), threshold)[0]
+        grid = model.backbone.forward_stages(pixels)[-1].shape[-2:]
+        looks = {"maps": seen.maps()[0][0].mean(0)[found["queries"]].reshape(-1, *grid).cpu()}
+    return {k: v.cpu() for k, v in found.items()}, looks

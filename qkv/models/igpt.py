@@ -48,7 +48,8 @@ class ImageGPTConfig(GPTConfig):
             self.lm_head_size = self.vocab_size - 1
         super().__post_init__()
         if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2 (palette entries + the start token), got {self.vocab_size}")
+            raise ValueError(f"vocab_size must be at least 2 (palette entries + the start token), "
+                             f"got {self.vocab_size}")
         if self.lm_head_size not in (self.vocab_size - 1, 0):
             raise ValueError(f"an image GPT's head predicts the vocab_size - 1 = {self.vocab_size - 1} palette "
                              f"tokens (or is absent: 0), not lm_head_size={self.lm_head_size}")
