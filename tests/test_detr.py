@@ -133,6 +133,7 @@ def test_save_hf_round_trips(tmp_path):
     assert processor.size["shortest_edge"] == 64 and list(processor.image_mean) == [0.4, 0.5, 0.6]
     back = qkv.from_hf(tmp_path)
     assert back.config == config  # image size and normalisation from preprocessor_config.json
+    assert qkv.load(tmp_path)[0].config == config  # qkv.load tells a Hugging Face directory from its own
     for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), name
     with pytest.raises(ConfigError, match="only the 7x7 stem"):
@@ -262,7 +263,7 @@ def test_presets_config_and_save_load(tmp_path):
     assert sum(p.numel() for p in r50.parameters()) - frozen_bn == 41_524_768  # facebook/detr-resnet-50's count
     qkv.save_model(model, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["model_type"] == "detr" and saved["backbone"]["stem"] == "7x7" and saved["backbone"]["depths"] == [1, 1, 1]
+    assert saved["model_type"] == "detr" and saved["backbone"]["stem"] == "7x7" and saved["backbone"]["depths"] == [1, 2, 1]
     loaded, _ = qkv.load(tmp_path)
     assert isinstance(loaded, DETR) and loaded.config == model.config
     x = torch.randn(2, 1, 96, 96)

@@ -437,3 +437,163 @@ def test_page_for_swin_and_for_a_model_without_attention(browser, servers, shots
     with page_of(browser, servers["resnet"]) as page:
         assert page.locator("#none").is_visible() and "no attention" in page.inner_text("#none")
         assert page.locator("#controls").is_hidden()
+
+
+# -- object detectors (DETR, Deformable DETR) -----------------------------------------------------
+
+SHRUNK = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=8)
+
+
+def scene() -> np.ndarray:
+    """A 96x96 grey canvas with a few bright and dark shapes."""
+    y, x = np.mgrid[0:96, 0:96]
+    image = np.full((96, 96), 40, np.uint8)
+    image[10:40, 12:34] = 230
+    image[((y - 64) ** 2 + (x - 62) ** 2) < 18 ** 2] = 180
+    image[60:88, 8:20] = 120
+    return image
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    """Untrained tiny DETR and Deformable DETR model folders, each served."""
+    root = tmp_path_factory.mktemp("detectors")
+    torch.manual_seed(0)
+    qkv.save_model(qkv.models.build("detr-96-small", **SHRUNK), root / "detr")
+    qkv.save_model(qkv.models.build("deformable-detr-96-small", **SHRUNK), root / "deformable")
+    with serving(root / "detr") as detr, serving(root / "deformable") as deformable:
+        yield {"detr": (detr, root / "detr"), "deformable": (deformable, root / "deformable")}
+
+
+def test_detectors_answer_what_query_looks_gives(detectors):
+    from qkv.analysis.look import query_looks
+
+    image = scene()
+    for name, (base, path) in detectors.items():
+        info = request(base, "GET", "/api/info")[1]
+        assert info["mode"] == "detection" and info["role"] == "object_detector" and info["image"]["size"] == 96
+        assert info["image"]["kind"] == name and info["image"]["labels"] == [str(d) for d in range(10)]
+        assert info["layers"] == ["decoder.layers.0." + ("crossattention" if name == "detr" else "encoder_attn")]
+        status, out = request(base, "POST", "/api/image?threshold=0", png_bytes(image), "image/png")
+        assert status == 200 and out["kind"] == "detection" and out["read"] == [96, 96] and out["threshold"] == 0
+        model = qkv.load(path).model
+        found, looks = query_looks(model, image, 0.0)
+        dets = out["detections"]
+        assert len(dets) == len(found["scores"]) == (8 if name == "detr" else 80)  # 8 queries; top 100 of 8 x 10
+        np.testing.assert_allclose([d["score"] for d in dets], found["scores"].numpy(), atol=1e-5)
+        np.testing.assert_allclose([d["box"] for d in dets], found["boxes"].numpy(), atol=1e-5)
+        assert [d["label"] for d in dets] == found["labels"].tolist()
+        assert [d["query"] for d in dets] == found["queries"].tolist()
+        assert [d["name"] for d in dets] == [str(label) for label in found["labels"].tolist()]
+        if name == "detr":
+            assert out["grid"] == [6, 6]
+            np.testing.assert_allclose(np.array(out["maps"]), looks["maps"].numpy(), atol=1e-5)
+        else:
+            assert out["sampling"] == {"levels": 3, "heads": 4, "points": 4}
+            np.testing.assert_allclose(np.array(out["points"]), np.stack(looks["points"]), atol=1e-5)
+            np.testing.assert_allclose(np.array(out["weights"]), np.stack(looks["weights"]), atol=1e-5)
+        # the default threshold, 0.5 (nothing, untrained), and JSON with base64 as for image runs
+        body = {"image": "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()}
+        status, half = request(base, "POST", "/api/image", body)
+        assert status == 200 and half["threshold"] == 0.5
+        assert len(half["detections"]) == int((found["scores"] >= 0.5).sum())
+        status, again = request(base, "POST", "/api/image", {**body, "threshold": 0})
+        assert again["detections"] == dets
+
+
+def test_detector_images_are_read_at_their_size_and_refused_as_for_image_runs(detectors):
+    base = detectors["detr"][0]
+    wide = np.tile(scene(), (1, 2))                                # 192x96: shrunk to 96 px on its longer side
+    status, out = request(base, "POST", "/api/image?threshold=0", png_bytes(wide), "image/png")
+    assert status == 200 and (out["width"], out["height"]) == (192, 96) and out["read"] == [96, 48]
+    assert out["grid"] == [3, 6] and np.array(out["maps"]).shape == (8, 3, 6)
+    small = scene()[:64, :80]                                      # smaller than 96: read as it is
+    assert request(base, "POST", "/api/image?threshold=0", png_bytes(small), "image/png")[1]["read"] == [80, 64]
+    cases = [(png_bytes(scene()[:8, :8]), "image/png", "", "too small"),
+             (png_bytes(scene()), "image/png", "?threshold=1.5", "threshold must be a score in [0, 1]"),
+             (png_bytes(scene()), "image/png", "?threshold=high", "?threshold=high is not a number"),
+             (huge_png_header(3000, 2000), "image/png", "", "6,000,000 pixels"),
+             (b"GIF89a not really", "image/gif", "", "not an image")]
+    for body, kind, query, message in cases:
+        status, out = request(base, "POST", "/api/image" + query, body, kind)
+        assert status == 400 and message in out["error"], (query, out)
+    status, out = request(base, "POST", "/api/image", {"image": "x", "threshold": True})
+    assert status == 400
+    status, out = request(base, "POST", "/api/image", b"x", "image/png", headers={"Content-Length": str(17 * 2**20)})
+    assert status == 413
+    assert request(base, "POST", "/api/text", {"text": "hi"})[1]["error"].endswith("it takes an image (POST /api/image)")
+
+
+def _detect_page(page, file):
+    """Upload ``file``: nothing scores 0.5 (untrained), so lower the threshold to 0."""
+    wait_render(page, lambda: page.set_input_files("#image-file", str(file)))
+    assert page.input_value("#threshold-value") == "0.5" and page.locator("#detections tbody tr").count() == 0
+    assert "lower the threshold" in page.inner_text("#detections-note")
+    wait_render(page, lambda: page.fill("#threshold-value", "0"))
+    assert page.input_value("#threshold") == "0"
+
+
+def test_page_shows_detr_boxes_and_the_chosen_querys_attention(browser, detectors, shots, tmp_path):
+    base = detectors["detr"][0]
+    file = tmp_path / "scene.png"
+    file.write_bytes(png_bytes(scene()))
+    want = request(base, "POST", "/api/image?threshold=0", file.read_bytes(), "image/png")[1]
+    with page_of(browser, base) as page:
+        assert page.locator("#threshold-box").is_visible() and page.locator("#layer-box").is_hidden()
+        _detect_page(page, file)
+        assert page.locator("#detections tbody tr").count() == 8
+        assert page.get_attribute("#detect-boxes", "data-boxes") == "8"
+        wait_render(page, lambda: page.click("#detections tbody tr:nth-child(3)"))
+        assert page.evaluate("qkvExplore.state.selected") == 2
+        assert "chosen" in page.get_attribute("#detections tbody tr:nth-child(3)", "class")
+        det, grid = want["detections"][2], np.array(want["maps"][2])
+        assert f"What query {det['query']} looked at" in page.inner_text("#look-title")
+        geo = page.evaluate("Object.assign({}, document.getElementById('look-map').dataset)")
+        pw, ph = float(geo["pw"]), float(geo["ph"])
+        assert (int(geo["rows"]), int(geo["cols"])) == grid.shape == (6, 6) and pw == ph == 400 / 6
+        points = [((c + 0.5) * pw, (r + 0.5) * ph) for r in range(6) for c in range(6)]
+        assert_colours(page, "#look-map", points, grid.flatten(), grid.min(), grid.max(), "INFERNO")
+        # a click on the image picks the smallest box around it
+        x0, y0, x1, y1 = want["detections"][5]["box"]
+        x, y = (x0 + x1) / 2, (y0 + y1) / 2
+        edges = np.array([d["box"] for d in want["detections"]]) - [x, y, x, y]
+        assert np.abs(edges).min() * 400 > 2  # no edge within 2 px of the click: the same boxes hold it at any rounding
+        inside = [i for i, d in enumerate(want["detections"])
+                  if d["box"][0] <= x <= d["box"][2] and d["box"][1] <= y <= d["box"][3]]
+        pick = min(inside, key=lambda i: ((lambda b: (b[2] - b[0]) * (b[3] - b[1]))(want["detections"][i]["box"]), i))
+        page.locator("#detect-boxes").scroll_into_view_if_needed()
+        box = page.locator("#detect-boxes").bounding_box()
+        if pick != 2:
+            wait_render(page, lambda: page.mouse.click(box["x"] + x * 400, box["y"] + y * 400))
+        assert page.evaluate("qkvExplore.state.selected") == pick
+        page.screenshot(path=str(shots / "detect-detr.png"), full_page=True)
+        wait_render(page, lambda: page.fill("#threshold-value", "0.9"))  # the slider filters here, no new request
+        assert page.locator("#detections tbody tr").count() == 0 and page.evaluate("qkvExplore.state.selected") is None
+        tiny = tmp_path / "tiny.png"
+        tiny.write_bytes(png_bytes(scene()[:8, :8]))
+        wait_render(page, lambda: page.set_input_files("#image-file", str(tiny)))
+        assert page.locator("#error").is_visible() and "too small" in page.inner_text("#error")
+        assert "stale" in page.get_attribute("#detect-view", "class")
+
+
+def test_page_draws_the_sampling_points_of_a_deformable_detr_query(browser, detectors, shots, tmp_path):
+    base = detectors["deformable"][0]
+    file = tmp_path / "scene.png"
+    file.write_bytes(png_bytes(scene()))
+    want = request(base, "POST", "/api/image?threshold=0", file.read_bytes(), "image/png")[1]
+    with page_of(browser, base) as page:
+        _detect_page(page, file)
+        assert page.locator("#detections tbody tr").count() == 80 and page.locator("#look-map").is_hidden()
+        wait_render(page, lambda: page.click("#detections tbody tr:nth-child(2)"))
+        assert page.evaluate("qkvExplore.state.selected") == 1
+        xy, weights = np.array(want["points"][1]), np.array(want["weights"][1])
+        inside = ((xy >= 0) & (xy <= 1)).all(1)
+        marks = page.evaluate("Object.assign({}, document.getElementById('look-marks').dataset)")
+        assert int(marks["points"]) == inside.sum() > 0 and len(weights) == 3 * 4 * 4
+        # the heaviest point inside the image is drawn last, on top: its centre has its colour
+        last = int(marks["last"])
+        order = [k for k in np.lexsort((np.arange(len(weights)), weights)) if inside[k]]
+        assert last == order[-1]
+        assert_colours(page, "#look-marks", [xy[last] * 400], [weights[last]], 0, weights.max(), "INFERNO")
+        assert "3 levels × 4 heads × 4 points" in page.inner_text("#look-caption")
+        page.screenshot(path=str(shots / "detect-deformable.png"), full_page=True)

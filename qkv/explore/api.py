@@ -4,8 +4,9 @@
 (``info``): text (GPT, BERT: self-attention over the tokens of a sentence), translation (a
 seq2seq Transformer: its greedy output and the cross-, encoder or decoder attention), or
 image (a ViT: per-head maps, attention rollout and the position-embedding similarity; a
-Swin: each block's window attention); a model without attention (ResNet, the LSTM
-baseline) gets a sentence saying so. Everything is computed by ``qkv.analysis``; this
+Swin: each block's window attention), or detection (DETR, Deformable DETR: the boxes found
+in an image and what each detected object's query looked at, ``qkv.analysis.look.query_looks``);
+a model without attention (ResNet, the LSTM baseline) gets a sentence saying so. Everything is computed by ``qkv.analysis``; this
 module only checks what a request asks for, bounds it, and lays the numbers out.
 
 Every error a request can cause is a ``BadRequest`` (HTTP 400) whose message says what to
@@ -110,6 +111,10 @@ class Explorer:
     # -- what the model is ------------------------------------------------------------------
     def _mode(self) -> tuple[str, str | None]:
         kind = f"a {self.model_type!r} model"
+        if self.role == "object_detector":
+            if self._detector() is None:
+                return "none", f"{kind}: the explorer reads DETR and Deformable DETR detectors only"
+            return "detection", None
         if not self.attentions:
             what = "a convolutional network" if self.role == "image_classifier" else \
                 "a model without multi-head attention"
@@ -130,6 +135,18 @@ class Explorer:
         if self.tokenizer is None:
             return "none", f"{self.run_dir.name} has no tokenizer file: the explorer cannot read text for {kind}"
         return "none", f"the explorer does not know how to run {kind} (role {self.role!r})"
+
+    def _detector(self) -> str | None:
+        """"deformable" (multi-scale deformable attention), "detr" (cross-attention over the
+        feature grid) or None, told apart as ``query_looks`` does."""
+        from ..nn.deformable import MultiScaleDeformableAttention
+
+        layers = getattr(getattr(self.model, "decoder", None), "layers", None)
+        if not layers or not hasattr(self.model.config, "mean_std"):
+            return None
+        if any(isinstance(m, MultiScaleDeformableAttention) for m in self.model.modules()):
+            return "deformable" if hasattr(layers[-1], "encoder_attn") else None
+        return "detr" if hasattr(layers[-1], "crossattention") and hasattr(self.model, "backbone") else None
 
     def _is_vit(self) -> bool:
         return hasattr(self.model.config, "grid") and hasattr(getattr(self.model, "embeddings", None), "cls_token")
@@ -185,6 +202,17 @@ class Explorer:
                 out["layers"] = [b[0] for b in blocks]
                 out["grids"] = [list(b[2]) for b in blocks]
             out["heads"] = self._heads(out["layers"])
+        elif self.mode == "detection":
+            from ..inference.detect import PALETTE
+
+            c, kind = self.model.config, self._detector()
+            last = len(self.model.decoder.layers) - 1
+            out["image"] = {"size": c.image_size, "channels": c.num_channels, "labels": c.label_names,
+                            "kind": kind, "palette": PALETTE, "queries": c.num_queries}
+            out["layers"] = [f"decoder.layers.{last}." + ("encoder_attn" if kind == "deformable" else "crossattention")]
+            out["heads"] = [c.decoder_attention_heads]
+            if kind == "deformable":
+                out["image"].update(levels=c.num_feature_levels, points=c.decoder_n_points)
         return out
 
     def _run(self, fn, *args, **kwargs):
@@ -200,7 +228,7 @@ class Explorer:
             raise BadRequest(self.reason)
         if self.mode != mode:
             takes = {"text": "a sentence (POST /api/text)", "translation": "a source sentence (POST /api/translate)",
-                     "image": "an image (POST /api/image)"}[self.mode]
+                     "image": "an image (POST /api/image)", "detection": "an image (POST /api/image)"}[self.mode]
             raise BadRequest(f"this run holds a {self.model_type!r} model: {what} is not for it; it takes {takes}")
 
     # -- text -------------------------------------------------------------------------------
@@ -249,9 +277,12 @@ class Explorer:
         return translate_texts(self.model, self.tokenizer, [src], beam=1, max_new_tokens=self.max_tokens - 1)[0]
 
     # -- images -----------------------------------------------------------------------------
-    def read_image(self, data: bytes):
+    def read_image(self, data: bytes, square: bool = True):
         """Uploaded bytes -> (the image as the model sees it (PIL, its mode and size), the
-        original (width, height)); refused before decoding when it has too many pixels."""
+        original (width, height)); refused before decoding when it has too many pixels.
+        ``square``: resized to the model's image_size x image_size (a classifier); else (a
+        detector, whose backbone is convolutional) read at its own size, only shrunk (aspect
+        kept) where its longer side is over image_size."""
         from PIL import Image, UnidentifiedImageError
 
         c = self.model.config
@@ -277,8 +308,12 @@ class Explorer:
                              f"{', '.join(IMAGE_FORMATS)} file") from e
         if c.num_channels not in (1, 3):
             raise BadRequest(f"the model takes {c.num_channels}-channel images; the explorer reads grey or RGB")
-        if image.size != (c.image_size, c.image_size):
+        if square and image.size != (c.image_size, c.image_size):
             image = image.resize((c.image_size, c.image_size), Image.Resampling.BICUBIC)
+        elif not square and max(image.size) > c.image_size:
+            scale = c.image_size / max(image.size)
+            image = image.resize((max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))),
+                                 Image.Resampling.BICUBIC)
         return image, size
 
     def image(self, data: bytes, options: dict) -> dict:
@@ -287,6 +322,8 @@ class Explorer:
         Swin, each window's map with the grid cell of each of its tokens."""
         from ..data.images import to_pixels
 
+        if self.mode == "detection":
+            return self.detect(data, options)
         self._need("image", "an image")
         image, size = self.read_image(data)
         fusion = _str(options, "head_fusion", "mean")
@@ -314,6 +351,41 @@ class Explorer:
         probs = self.model(pixels).softmax(-1)[0]
         top = probs.topk(min(5, probs.numel()))
         return [[c.label_names[i], round(float(p), 5)] for p, i in zip(top.values, top.indices)]
+
+    def detect(self, data: bytes, options: dict) -> dict:
+        """An object detector's detections scoring at least ``threshold`` (default 0.5), best
+        first, and what each one's query looked at in the last decoder layer, as
+        ``query_looks`` gives them: DETR, ``maps`` (objects, h, w), the cross-attention over
+        the feature grid (mean of heads); Deformable DETR, ``points`` (objects, P, 2) as
+        (x, y) in [0, 1] and their ``weights`` (objects, P), P = levels x heads x points."""
+        from ..analysis.look import query_looks
+
+        self._need("detection", "detection")
+        threshold = options.get("threshold", 0.5)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise BadRequest(f"threshold must be a score in [0, 1], got {threshold!r}")
+        image, size = self.read_image(data, square=False)
+        found, looks = self._run(query_looks, self.model, np.array(image), float(threshold))
+        names = self.model.config.label_names
+        shown = io.BytesIO()
+        image.save(shown, format="PNG")
+        out = {"kind": "detection", "detector": self._detector(), "width": size[0], "height": size[1],
+               "read": list(image.size), "threshold": threshold,
+               "shown": "data:image/png;base64," + base64.b64encode(shown.getvalue()).decode(),
+               "detections": [{"label": label, "name": names[label], "score": score, "query": query, "box": box}
+                              for label, score, query, box in zip(
+                                  found["labels"].tolist(), _rounded(found["scores"]), found["queries"].tolist(),
+                                  _rounded(found["boxes"]))]}
+        if "maps" in looks:
+            out["grid"] = list(looks["maps"].shape[1:])
+            out["maps"] = _rounded(looks["maps"])
+        else:
+            c = self.model.config
+            out["sampling"] = {"levels": c.num_feature_levels, "heads": c.decoder_attention_heads,
+                               "points": c.decoder_n_points}
+            out["points"] = [_rounded(p) for p in looks["points"]]
+            out["weights"] = [_rounded(w) for w in looks["weights"]]
+        return out
 
     @torch.no_grad()
     def _vit_maps(self, pixels, fusion: str, discard: float):

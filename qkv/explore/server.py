@@ -4,12 +4,15 @@ system) and a small JSON API over ``api.Explorer``:
 
     GET  /                  the page
     GET  /static/NAME       its script and style sheet (only the files shipped in static/)
-    GET  /api/info          the run: model, mode (text | translation | image | none), layers, heads, limits
+    GET  /api/info          the run: model, mode (text | translation | image | detection | none), layers,
+                            heads, limits
     GET  /api/positions     a ViT's position-embedding similarity
     POST /api/text          {"text", "layer"} -> tokens and one layer's weights (heads x queries x keys)
     POST /api/translate     {"src", "tgt"?, "kind"?, "layer"} -> translation, tokens and weights
     POST /api/image         {"image": base64 or data: URL, "layer", "head_fusion", "discard_ratio"},
-                            or the image file's bytes (Content-Type image/...) with those as ?query
+                            or the image file's bytes (Content-Type image/...) with those as ?query;
+                            for a detector (DETR, Deformable DETR) {"image", "threshold"} -> the
+                            detections and what each one's query looked at (``query_looks``)
 
 Errors are JSON {"error": "..."}: 400 for a request the run cannot answer, 404 for an
 unknown path, 405, 411, 413 for a body larger than the endpoint takes.
@@ -113,7 +116,7 @@ class Handler(BaseHTTPRequestHandler):
         if kind.startswith("image/") or kind == "application/octet-stream":  # the file itself, options in ?query
             options = {}
             for name, values in parse_qs(query).items():
-                kind = {"layer": int, "discard_ratio": float}.get(name, str)
+                kind = {"layer": int, "discard_ratio": float, "threshold": float}.get(name, str)
                 try:
                     options[name] = kind(values[-1])
                 except ValueError:

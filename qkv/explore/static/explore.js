@@ -36,6 +36,8 @@ const S = {
   query: 0,         // the row shown in "attends to" (text) / the query token (images)
   imageURL: null,   // the uploaded file, as a data: URL
   shown: null,      // an <img> of the image as the model sees it
+  selected: null,   // detection: the index (into data.detections) of the chosen one
+  threshold: 0.5,   // detection: the lowest score shown
 };
 window.qkvExplore = { state: S, VIRIDIS, INFERNO, level };
 
@@ -288,7 +290,7 @@ function pickHead(h) {
 }
 
 function matrixHover(event) {
-  if (!S.data || S.info.mode === "image") return;
+  if (!S.data || (S.info.mode !== "text" && S.info.mode !== "translation")) return;
   const canvas = $("matrix");
   const r = canvas.getBoundingClientRect();
   const [left, top, cw, ch, rows, cols] = ["left", "top", "cw", "ch", "rows", "cols"].map((k) => Number(canvas.dataset[k]));
@@ -338,10 +340,10 @@ function loadShown(url) {
   });
 }
 
-function drawBase(canvas, img) {
-  const ctx = setupCanvas(canvas, DISPLAY, DISPLAY);
-  ctx.imageSmoothingEnabled = img.width < DISPLAY / 2 ? false : true;
-  ctx.drawImage(img, 0, 0, DISPLAY, DISPLAY);
+function drawBase(canvas, img, width = DISPLAY, height = DISPLAY) {
+  const ctx = setupCanvas(canvas, width, height);
+  ctx.imageSmoothingEnabled = img.width < width / 2 ? false : true;
+  ctx.drawImage(img, 0, 0, width, height);
 }
 
 // heat: a flat list over a rows x cols grid of tokens, each covering `span` image pixels
@@ -566,6 +568,7 @@ const centre = () => Math.floor(S.data.grid[0] / 2) * S.data.grid[1] + Math.floo
 
 async function lookImage(fresh) {
   if (!S.imageURL) return;
+  if (S.info.mode === "detection") return lookDetection();
   S.request = {
     image: S.imageURL, layer: Number($("layer").value),
     head_fusion: $("fusion").value, discard_ratio: Number($("discard").value) || 0,
@@ -631,6 +634,233 @@ async function positions() {
   }
 }
 
+// -- object detectors (DETR, Deformable DETR) ----------------------------------------------
+const DETECT = 400;  // CSS pixels of the longer side of the detection panels
+
+function detectSize() {
+  const [w, h] = S.data.read;
+  const scale = DETECT / Math.max(w, h);
+  return [Math.max(1, Math.round(w * scale)), Math.max(1, Math.round(h * scale))];
+}
+const classColour = (label) => S.info.image.palette[label % S.info.image.palette.length];
+// the detections shown: those scoring at least the threshold (the API sends every one, best first)
+const shownDetections = () => S.data.detections.map((_, i) => i).filter((i) => S.data.detections[i].score >= S.threshold);
+
+async function lookDetection() {
+  S.request = { image: S.imageURL, threshold: 0 };  // every detection: the threshold is applied here
+  const before = S.data;
+  await run("/api/image", S.request);
+  if (S.data !== before) {
+    S.shown = await loadShown(S.data.shown);
+    S.selected = null;
+    render();
+  }
+}
+
+function setThreshold(value) {
+  const t = Math.max(0, Math.min(1, Number(value)));
+  if (!Number.isFinite(t)) return;
+  S.threshold = t;
+  $("threshold").value = String(t);
+  if (document.activeElement !== $("threshold-value")) $("threshold-value").value = String(t);
+  if (S.data) renderDetection();
+}
+
+function selectDetection(i) {
+  S.selected = i;
+  renderDetection();
+}
+
+function renderDetection() {
+  const d = S.data;
+  const [W, H] = detectSize();
+  const shown = shownDetections();
+  if (!shown.includes(S.selected)) S.selected = shown.length ? shown[0] : null;
+  drawBase($("detect-image"), S.shown, W, H);
+  drawBase($("look-image"), S.shown, W, H);
+  drawBoxes(shown, W, H);
+  renderDetectionList(shown);
+  renderLook(W, H);
+  const t = S.threshold.toFixed(2);
+  $("detect-title").textContent = `${shown.length} of ${d.detections.length} detections score ≥ ${t}`;
+  $("detect-caption").textContent = `Uploaded ${d.width}×${d.height}, read at ${d.read[0]}×${d.read[1]}` +
+    (d.grid ? `; the encoder's feature grid is ${d.grid[0]}×${d.grid[1]}.` : ".") +
+    (d.detector === "detr" ? " DETR scores each query by its best class (softmax with “no object”)." :
+      " Deformable DETR: the best (query, class) pairs, a sigmoid each; one query may give several.");
+  $("detections-note").textContent = shown.length ? "" :
+    (d.detections.length ? `No detection scores ${t} or more (the best: ${d.detections[0].score.toFixed(3)}); ` +
+      "lower the threshold." : "The model found nothing in this image.");
+  rendered();
+}
+
+function boxPixels(box, W, H) {
+  return [box[0] * W, box[1] * H, box[2] * W, box[3] * H];
+}
+
+function drawBoxes(shown, W, H) {
+  const canvas = $("detect-boxes");
+  const ctx = setupCanvas(canvas, W, H);
+  ctx.font = "bold 12px system-ui, sans-serif";
+  ctx.textBaseline = "top";
+  const order = shown.filter((i) => i !== S.selected).reverse();  // the best on top, the chosen above all
+  if (S.selected !== null) order.push(S.selected);
+  for (const i of order) {
+    const det = S.data.detections[i];
+    const [x0, y0, x1, y1] = boxPixels(det.box, W, H);
+    const colour = classColour(det.label), chosen = i === S.selected;
+    ctx.globalAlpha = chosen || S.selected === null ? 1 : 0.7;
+    ctx.lineWidth = chosen ? 3 : 1.5;
+    ctx.strokeStyle = "rgba(255,255,255,0.8)";
+    ctx.strokeRect(x0 - ctx.lineWidth / 2 - 0.5, y0 - ctx.lineWidth / 2 - 0.5, x1 - x0 + ctx.lineWidth + 1, y1 - y0 + ctx.lineWidth + 1);
+    ctx.strokeStyle = colour;
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    const label = `${det.name} ${det.score.toFixed(2)}`;
+    const tw = ctx.measureText(label).width + 6, th = 15;
+    const ty = y0 - th >= 0 ? y0 - th : y0;  // above the box, or inside it at the top edge
+    const tx = Math.min(Math.max(0, x0 - (chosen ? 1.5 : 0.75)), W - tw);
+    ctx.fillStyle = colour;
+    ctx.fillRect(tx, ty, tw, th);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(label, tx + 3, ty + 2);
+  }
+  ctx.globalAlpha = 1;
+  Object.assign(canvas.dataset, { boxes: shown.length, selected: S.selected === null ? "" : S.selected });
+}
+
+function renderDetectionList(shown) {
+  const d = S.data;
+  const [w, h] = d.read;
+  const rows = shown.map((i) => {
+    const det = d.detections[i];
+    const tr = document.createElement("tr");
+    tr.dataset.index = i;
+    if (i === S.selected) tr.className = "chosen";
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = classColour(det.label);
+    const box = det.box.map((v, k) => Math.round(v * (k % 2 ? h : w))).join(", ");
+    const cells = [swatch, det.name, det.score.toFixed(3), String(det.query), box].map((content, k) => {
+      const td = document.createElement("td");
+      if (k >= 2) td.className = "num";
+      td.append(content);
+      return td;
+    });
+    tr.append(...cells);
+    tr.addEventListener("click", () => selectDetection(i));
+    return tr;
+  });
+  $("detections").tBodies[0].replaceChildren(...rows);
+}
+
+// the chosen detection's query: DETR's cross-attention map over the grid, Deformable DETR's points
+function renderLook(W, H) {
+  const d = S.data, i = S.selected;
+  const map = $("look-map"), marks = $("look-marks");
+  const ctx = setupCanvas(marks, W, H);
+  setupCanvas(map, W, H);
+  marks.dataset.points = "0";
+  if (i === null) {
+    $("look-title").textContent = "What the query looked at";
+    $("look-legend").replaceChildren();
+    $("look-caption").textContent = "Pick a detection (lower the threshold if none is shown).";
+    return;
+  }
+  const det = d.detections[i];
+  const layer = S.info.layers[0];
+  $("look-title").textContent = `What query ${det.query} looked at: ${det.name} ${det.score.toFixed(2)}`;
+  if (d.detector === "detr") {
+    const [lo, hi] = range(d.maps[i].flat());
+    drawGridHeat(map, d.maps[i], W, H, lo, hi);
+    drawLegend($("look-legend"), INFERNO, lo, hi, "cross-attention weight (mean of heads)");
+    $("look-caption").textContent = `The query's cross-attention in the last decoder layer (${layer}), mean of its ` +
+      `${S.info.heads[0]} heads, over the ${d.grid[0]}×${d.grid[1]} feature grid stretched over the image ` +
+      "(DETR paper, Figure 6); its box is dashed.";
+  } else {
+    drawPoints(ctx, d.points[i], d.weights[i], W, H, marks);
+    const s = d.sampling;
+    const hi = Math.max(...d.weights[i]);
+    drawLegend($("look-legend"), INFERNO, 0, hi, "attention weight of a sampling point");
+    const outside = d.points[i].length - Number(marks.dataset.points);
+    $("look-caption").textContent = `The query's sampling points in the last decoder layer (${layer}): ` +
+      `${s.levels} levels × ${s.heads} heads × ${s.points} points, sized and coloured by their attention weight ` +
+      "(each head's weights sum to 1; Deformable DETR paper, Figure 6); its box is dashed." +
+      (outside ? ` ${outside} point${outside > 1 ? "s" : ""} outside the image ${outside > 1 ? "are" : "is"} not drawn.` : "");
+  }
+  map.hidden = d.detector !== "detr";
+  // the box, dashed, under the points
+  const [x0, y0, x1, y1] = boxPixels(det.box, W, H);
+  ctx.save();
+  ctx.globalCompositeOperation = "destination-over";
+  ctx.setLineDash([6, 4]);
+  ctx.lineWidth = 2;
+  ctx.strokeStyle = classColour(det.label);
+  ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+  ctx.restore();
+}
+
+// an h x w grid of values stretched over W x H CSS pixels
+function drawGridHeat(canvas, grid, W, H, lo, hi) {
+  const ctx = setupCanvas(canvas, W, H);
+  const rows = grid.length, cols = grid[0].length, pw = W / cols, ph = H / rows;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      ctx.fillStyle = css(INFERNO[level(grid[r][c], lo, hi)]);
+      ctx.fillRect(Math.round(c * pw), Math.round(r * ph), Math.round((c + 1) * pw) - Math.round(c * pw),
+                   Math.round((r + 1) * ph) - Math.round(r * ph));
+    }
+  }
+  Object.assign(canvas.dataset, { rows, cols, pw, ph, lo, hi });
+}
+
+// sampling points (x, y in [0, 1]) as dots, the heaviest drawn last (on top); those outside are skipped
+function drawPoints(ctx, points, weights, W, H, canvas) {
+  const hi = Math.max(...weights);
+  const order = weights.map((_, k) => k).sort((a, b) => weights[a] - weights[b] || a - b);
+  let drawn = 0, last = -1;
+  for (const k of order) {
+    const [x, y] = points[k];
+    if (!(x >= 0 && x <= 1 && y >= 0 && y <= 1)) continue;
+    const r = 2 + 6 * Math.sqrt(hi > 0 ? weights[k] / hi : 1);
+    ctx.beginPath();
+    ctx.arc(x * W, y * H, r, 0, 2 * Math.PI);
+    ctx.fillStyle = css(INFERNO[level(weights[k], 0, hi)]);
+    ctx.fill();
+    ctx.lineWidth = 1;
+    ctx.strokeStyle = "rgba(255,255,255,0.9)";
+    ctx.stroke();
+    drawn += 1;
+    last = k;
+  }
+  Object.assign(canvas.dataset, { points: drawn, last, hi });
+}
+
+function detectionClick(event) {
+  if (!S.data) return;
+  const [W, H] = detectSize();
+  const r = $("detect-boxes").getBoundingClientRect();
+  const x = (event.clientX - r.left) / W, y = (event.clientY - r.top) / H;
+  let best = null, area = Infinity;
+  for (const i of shownDetections()) {  // the smallest box around the click (a box inside another stays reachable)
+    const [x0, y0, x1, y1] = S.data.detections[i].box;
+    const a = (x1 - x0) * (y1 - y0);
+    if (x >= x0 && x <= x1 && y >= y0 && y <= y1 && a < area) [best, area] = [i, a];
+  }
+  if (best !== null && best !== S.selected) selectDetection(best);
+}
+
+function startDetection() {
+  $("threshold-box").hidden = false;
+  $("layer-box").hidden = true;
+  $("head-box").hidden = true;
+  $("threshold").addEventListener("input", (e) => setThreshold(e.target.value));
+  $("threshold-value").addEventListener("input", (e) => {
+    if (e.target.value !== "" && Number.isFinite(Number(e.target.value))) setThreshold(e.target.value);
+  });
+  $("threshold-value").addEventListener("change", (e) => { e.target.value = String(S.threshold); });
+  $("detect-boxes").addEventListener("click", detectionClick);
+  setThreshold($("threshold").value);
+}
+
 // -- running a request ----------------------------------------------------------------------
 async function run(path, body) {
   busy(true, "running the model…");
@@ -638,11 +868,11 @@ async function run(path, body) {
     const answer = await call(path, body);
     S.data = answer;
     showError("");
-    for (const id of ["text-view", "image-view"]) $(id).classList.remove("stale");
+    for (const id of ["text-view", "image-view", "detect-view"]) $(id).classList.remove("stale");
     busy(false, "");
   } catch (e) {
     showError(e.message);
-    for (const id of ["text-view", "image-view"]) $(id).classList.add("stale");  // what is shown is not this input's
+    for (const id of ["text-view", "image-view", "detect-view"]) $(id).classList.add("stale");  // not this input's
     busy(false, "");
     rendered();
   }
@@ -652,15 +882,16 @@ function render() {
   if (!S.data) return;
   S.head = $("head").value === "mean" ? "mean" : Number($("head").value);
   if (S.info.mode === "image") renderImage();
+  else if (S.info.mode === "detection") renderDetection();
   else renderText();
-  $(S.info.mode === "image" ? "image-view" : "text-view").hidden = false;
+  $({ image: "image-view", detection: "detect-view" }[S.info.mode] || "text-view").hidden = false;
 }
 
 async function relook(fresh) {
-  const look = { text: lookText, translation: lookTranslation, image: lookImage }[S.info.mode];
+  const look = { text: lookText, translation: lookTranslation, image: lookImage, detection: lookImage }[S.info.mode];
   const before = S.data;
   await look(fresh);
-  if (S.data !== before && S.info.mode !== "image") render();
+  if (S.data !== before && (S.info.mode === "text" || S.info.mode === "translation")) render();
 }
 
 // -- start ----------------------------------------------------------------------------------
@@ -702,8 +933,9 @@ async function start() {
     $("image-form").hidden = false;
     $("opacity-box").hidden = false;
     const i = info.image;
-    $("image-limit").textContent = `(read at ${i.size}×${i.size}, ${i.channels === 1 ? "grey" : "RGB"}; ` +
-      `at most ${(info.max_pixels / 1e6).toFixed(0)} megapixels)`;
+    $("image-limit").textContent = (info.mode === "detection" ?
+      `(read at its own size, shrunk to at most ${i.size} px a side, ` : `(read at ${i.size}×${i.size}, `) +
+      `${i.channels === 1 ? "grey" : "RGB"}; at most ${(info.max_pixels / 1e6).toFixed(0)} megapixels)`;
     $("image-file").addEventListener("change", (e) => readFile(e.target.files[0]));
     const drop = $("ask");
     drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("dragging"); });
@@ -713,13 +945,14 @@ async function start() {
       drop.classList.remove("dragging");
       readFile(e.dataTransfer.files[0]);
     });
+    if (info.mode === "detection") startDetection();
     const marks = $("head-map-marks");
     marks.addEventListener("mousemove", imageHover);
     marks.addEventListener("mouseleave", imageLeave);
     $("image-matrix").addEventListener("mousemove", imageMatrixHover);
     $("opacity").addEventListener("input", () => {
       document.querySelectorAll(".overlay").forEach((c) => { c.style.opacity = $("opacity").value; });
-      if (S.data) renderQuery();
+      if (S.data && S.info.mode === "image") renderQuery();
     });
     if (i.kind === "vit") {
       $("rollout-options").hidden = false;
@@ -732,7 +965,7 @@ async function start() {
   $("head").addEventListener("change", () => render());
   $("matrix").addEventListener("mousemove", matrixHover);
   $("matrix").addEventListener("mouseleave", () => { $("col-highlight").hidden = true; });
-  if (info.mode !== "image") await relook(true);  // a first example, so the page is never empty
+  if (info.mode === "text" || info.mode === "translation") await relook(true);  // a first example: never empty
   else rendered();
 }
 
