@@ -521,7 +521,8 @@ def test_detector_images_are_read_at_their_size_and_refused_as_for_image_runs(de
     assert status == 400
     status, out = request(base, "POST", "/api/image", b"x", "image/png", headers={"Content-Length": str(17 * 2**20)})
     assert status == 413
-    assert request(base, "POST", "/api/text", {"text": "hi"})[1]["error"].endswith("it takes an image (POST /api/image)")
+    status, out = request(base, "POST", "/api/text", {"text": "hi"})
+    assert status == 400 and out["error"].endswith("it takes an image (POST /api/image)")
 
 
 def _detect_page(page, file):

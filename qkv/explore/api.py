@@ -2,12 +2,13 @@
 
 ``Explorer(run_dir)`` loads the run's model once and says what the page can show of it
 (``info``): text (GPT, BERT: self-attention over the tokens of a sentence), translation (a
-seq2seq Transformer: its greedy output and the cross-, encoder or decoder attention), or
+seq2seq Transformer: its greedy output and the cross-, encoder or decoder attention),
 image (a ViT: per-head maps, attention rollout and the position-embedding similarity; a
 Swin: each block's window attention), or detection (DETR, Deformable DETR: the boxes found
 in an image and what each detected object's query looked at, ``qkv.analysis.look.query_looks``);
-a model without attention (ResNet, the LSTM baseline) gets a sentence saying so. Everything is computed by ``qkv.analysis``; this
-module only checks what a request asks for, bounds it, and lays the numbers out.
+a model without attention (ResNet, the LSTM baseline) gets a sentence saying so. Everything
+is computed by ``qkv.analysis``; this module only checks what a request asks for, bounds it,
+and lays the numbers out.
 
 Every error a request can cause is a ``BadRequest`` (HTTP 400) whose message says what to
 change; the model is run by one request at a time (``capture`` marks the model's modules).

@@ -644,7 +644,8 @@ function detectSize() {
 }
 const classColour = (label) => S.info.image.palette[label % S.info.image.palette.length];
 // the detections shown: those scoring at least the threshold (the API sends every one, best first)
-const shownDetections = () => S.data.detections.map((_, i) => i).filter((i) => S.data.detections[i].score >= S.threshold);
+const shownDetections = () =>
+  S.data.detections.map((_, i) => i).filter((i) => S.data.detections[i].score >= S.threshold);
 
 async function lookDetection() {
   S.request = { image: S.imageURL, threshold: 0 };  // every detection: the threshold is applied here
@@ -711,7 +712,8 @@ function drawBoxes(shown, W, H) {
     ctx.globalAlpha = chosen || S.selected === null ? 1 : 0.7;
     ctx.lineWidth = chosen ? 3 : 1.5;
     ctx.strokeStyle = "rgba(255,255,255,0.8)";
-    ctx.strokeRect(x0 - ctx.lineWidth / 2 - 0.5, y0 - ctx.lineWidth / 2 - 0.5, x1 - x0 + ctx.lineWidth + 1, y1 - y0 + ctx.lineWidth + 1);
+    const halo = ctx.lineWidth / 2 + 0.5;  // a light edge around the box: seen on dark pixels too
+    ctx.strokeRect(x0 - halo, y0 - halo, x1 - x0 + 2 * halo, y1 - y0 + 2 * halo);
     ctx.strokeStyle = colour;
     ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
     const label = `${det.name} ${det.score.toFixed(2)}`;
@@ -821,13 +823,13 @@ function drawPoints(ctx, points, weights, W, H, canvas) {
     const [x, y] = points[k];
     if (!(x >= 0 && x <= 1 && y >= 0 && y <= 1)) continue;
     const r = 2 + 6 * Math.sqrt(hi > 0 ? weights[k] / hi : 1);
-    ctx.beginPath();
-    ctx.arc(x * W, y * H, r, 0, 2 * Math.PI);
-    ctx.fillStyle = css(INFERNO[level(weights[k], 0, hi)]);
-    ctx.fill();
-    ctx.lineWidth = 1;
-    ctx.strokeStyle = "rgba(255,255,255,0.9)";
-    ctx.stroke();
+    // the dot in its colour inside a white and a dark ring: seen on dark and light pixels alike
+    for (const [grow, fill] of [[2, "rgba(0,0,0,0.75)"], [1, "#fff"], [0, css(INFERNO[level(weights[k], 0, hi)])]]) {
+      ctx.beginPath();
+      ctx.arc(x * W, y * H, r + grow, 0, 2 * Math.PI);
+      ctx.fillStyle = fill;
+      ctx.fill();
+    }
     drawn += 1;
     last = k;
   }
