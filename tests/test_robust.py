@@ -289,7 +289,7 @@ def test_write_failures_become_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(WriteError, match=r"cannot write .*unexpected pos 123 vs 45.*\d+ MB free"):
         atomic_write(target, failing(RuntimeError(TORCH_FULL_DISK)))  # torch.save on a full disk
     monkeypatch.setattr(qkv.files.shutil, "disk_usage", lambda p: SimpleNamespace(free=2**20))
-    with pytest.raises(WriteError, match=rf"unexpected pos 123 vs 45\): the disk is full: .*\(1 MB free\)"):
+    with pytest.raises(WriteError, match=r"unexpected pos 123 vs 45\): the disk is full: .*\(1 MB free\)"):
         atomic_write(target, failing(RuntimeError(TORCH_FULL_DISK)))
     with pytest.raises(RuntimeError, match="^a bug$"):  # anything else is not a write failure
         atomic_write(target, failing(RuntimeError("a bug")))

@@ -26,7 +26,6 @@ plus one join: the decoder's self-attention Q, K, V are one ``c_attn`` in qkv.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -34,9 +33,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..files import atomic_write_text
 from ..models.deformable_detr import DeformableDETR, DeformableDETRConfig
-from . import resnet, vit
+from . import detr, resnet
 from .detr import LEGACY
 from .hf import GENERIC_CONFIG_KEYS, labels_from_hf, labels_to_hf
 
@@ -185,10 +183,4 @@ read_preprocessor = resnet.read_preprocessor  # normalisation; image size from s
 
 
 def write_preprocessor(model: DeformableDETR, directory: Path) -> None:
-    c = model.config
-    mean, std = c.mean_std
-    p = {"image_processor_type": "DeformableDetrImageProcessor", "format": "coco_detection", "do_resize": True,
-         "size": {"shortest_edge": c.image_size, "longest_edge": round(c.image_size * 1333 / 800)}, "resample": 2,
-         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": mean, "image_std": std,
-         "do_convert_annotations": True, "do_pad": True}
-    atomic_write_text(Path(directory) / vit.PREPROCESSOR, json.dumps(p, indent=2) + "\n")
+    detr.write_preprocessor(model, directory, "DeformableDetrImageProcessor")

@@ -193,10 +193,11 @@ def from_hf(hf_config: dict, state_dict: dict[str, Tensor]) -> DETR:
 read_preprocessor = resnet.read_preprocessor  # normalisation; image size from size.shortest_edge
 
 
-def write_preprocessor(model: DETR, directory: Path) -> None:
+def write_preprocessor(model, directory: Path, processor: str = "DetrImageProcessor") -> None:
+    """preprocessor_config.json of a DETR-family model (``processor`` names the image processor)."""
     c = model.config
     mean, std = c.mean_std
-    p = {"image_processor_type": "DetrImageProcessor", "format": "coco_detection", "do_resize": True,
+    p = {"image_processor_type": processor, "format": "coco_detection", "do_resize": True,
          "size": {"shortest_edge": c.image_size, "longest_edge": round(c.image_size * 1333 / 800)}, "resample": 2,
          "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": mean, "image_std": std,
          "do_convert_annotations": True, "do_pad": True}

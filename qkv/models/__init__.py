@@ -112,6 +112,7 @@ def from_section(section: dict[str, Any], role: str, *, default: str, data: dict
     return build(model_type, **{**values, **data, **cfg, **fixed})
 
 
-__all__ = ["BERT", "BERTConfig", "DETR", "DETRConfig", "DeformableDETR", "DeformableDETRConfig", "GPT", "GPTConfig", "ImageGPT", "ImageGPTConfig", "LSTMSeq2Seq", "LSTMSeq2SeqConfig", "MODELS", "PRESETS",
-           "Swin", "SwinConfig", "Transformer", "TransformerConfig", "ViT", "ViTConfig", "build", "from_config",
-           "from_section", "kinds", "register", "resolve"]
+__all__ = ["BERT", "BERTConfig", "DETR", "DETRConfig", "DeformableDETR", "DeformableDETRConfig", "GPT", "GPTConfig",
+           "ImageGPT", "ImageGPTConfig", "LSTMSeq2Seq", "LSTMSeq2SeqConfig", "MODELS", "PRESETS", "ResNet",
+           "ResNetConfig", "Swin", "SwinConfig", "Transformer", "TransformerConfig", "ViT", "ViTConfig", "build",
+           "from_config", "from_section", "kinds", "register", "resolve"]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..config import from_dict
@@ -128,6 +129,24 @@ class Task:
         """The model inputs of the first ``count`` examples of a split, always the same
         (what ``qkv analyze`` measures a model on)."""
         raise ConfigError(f"the {self.name} task gives no inputs to analyse")
+
+
+class EpochShuffle:
+    """The example index of each sample of a training stream over ``n`` examples: epoch after
+    epoch, each a permutation fixed by (seed, epoch), so that sample ``i`` is a pure function
+    of ``i`` (a resumed run sees the same data)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._epoch, self._order = n, seed, None, None
+
+    def __call__(self, first: int, count: int) -> np.ndarray:
+        index = np.empty(count, np.int64)
+        for k, i in enumerate(range(first, first + count)):
+            if i // self.n != self._epoch:  # one permutation held at a time
+                self._epoch = i // self.n
+                self._order = np.random.default_rng([self.seed, self._epoch]).permutation(self.n)
+            index[k] = self._order[i % self.n]
+        return index
 
 
 def check_text_model(model, tokenizer, seq_len: int, context: str) -> None:

@@ -36,7 +36,7 @@ from ..data.detection import coco_file, read_split
 from ..data.images import read_meta, to_pixels
 from ..files import atomic_write_text
 from ..inference.detect import detections, draw_detections
-from .base import Option, Task, device_of
+from .base import EpochShuffle, Option, Task, device_of
 
 COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
 
@@ -148,19 +148,13 @@ class DetectionTask(Task):
     def prepare_training(self) -> None:
         self.images, targets = read_split(self.folder, "train")
         self.boxes, self.labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
-        self._orders: dict[int, np.ndarray] = {}
+        self.shuffle = EpochShuffle(len(self.images), self.run.seed)
         n_val = self.run.train.eval_batches * self.run.train.batch_size
         images, targets = read_split(self.folder, "val")
         self.val = (images[:n_val], targets[:n_val])
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:  # one shuffle per epoch, fixed by the seed
-            self._orders = {epoch: np.random.default_rng([self.run.seed, epoch]).permutation(len(self.images))}
-        return self._orders[epoch]
-
     def batches(self, first: int, count: int):
-        n = len(self.images)
-        index = [int(self._order(i // n)[i % n]) for i in range(first, first + count)]
+        index = self.shuffle(first, count)
         images, boxes, labels = augment(self.images[index], [self.boxes[i] for i in index],
                                         [self.labels[i] for i in index], self.data,
                                         np.random.default_rng([self.run.seed, first]))

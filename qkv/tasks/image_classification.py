@@ -28,7 +28,7 @@ from ..config import from_dict
 from ..data import prepared
 from ..data.images import load_split, read_meta, to_pixels
 from ..errors import ConfigError
-from .base import Task, device_of
+from .base import EpochShuffle, Task, device_of
 
 
 @dataclass
@@ -109,19 +109,13 @@ class ImageClassificationTask(Task):
                                   f"training images of {self.data.name}; lower it (0 = all)")
             keep = np.sort(np.random.default_rng([self.run.seed, 0]).permutation(len(self.images))[:self.data.train_size])
             self.images, self.labels = self.images[keep], self.labels[keep]
-        self._orders: dict[int, np.ndarray] = {}
+        self.shuffle = EpochShuffle(len(self.images), self.run.seed)
         n_val = self.run.train.eval_batches * self.run.train.batch_size
         val_x, val_y = load_split(self.folder, "val")
         self.val = (to_pixels(val_x[:n_val], *self.model.config.mean_std), torch.from_numpy(val_y[:n_val]))
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:  # one shuffle per epoch, fixed by the seed
-            self._orders = {epoch: np.random.default_rng([self.run.seed, epoch]).permutation(len(self.images))}
-        return self._orders[epoch]
-
     def batches(self, first: int, count: int):
-        n = len(self.images)
-        index = np.array([self._order(i // n)[i % n] for i in range(first, first + count)])
+        index = self.shuffle(first, count)
         c = self.model.config
         x = to_pixels(self.images[index], *c.mean_std)
         y = torch.from_numpy(self.labels[index])

@@ -30,7 +30,7 @@ from ..data import prepared
 from ..data.images import load_split, read_meta
 from ..data.palette import downsample, fit_palette, to_tokens
 from ..errors import ConfigError
-from .base import Task, device_of
+from .base import EpochShuffle, Task, device_of
 
 
 @dataclass
@@ -99,20 +99,14 @@ class ImageLMTask(Task):
 
     def prepare_training(self) -> None:
         self.train_tokens = self.tokens("train")[0]
-        self._orders: dict[int, np.ndarray] = {}
+        self.shuffle = EpochShuffle(len(self.train_tokens), self.run.seed)
         n_val = self.run.train.eval_batches * self.run.train.batch_size
         val = self.tokens("val", n_val)[0].long()
         bs = self.run.train.batch_size
         self.val_batches = [self.model.training_pair(val[i:i + bs]) for i in range(0, len(val), bs)]
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:  # one shuffle per epoch, fixed by the seed
-            self._orders = {epoch: np.random.default_rng([self.run.seed, epoch]).permutation(len(self.train_tokens))}
-        return self._orders[epoch]
-
     def batches(self, first: int, count: int):
-        n = len(self.train_tokens)
-        index = np.array([self._order(i // n)[i % n] for i in range(first, first + count)])
+        index = self.shuffle(first, count)
         return self.model.training_pair(self.train_tokens[torch.from_numpy(index)].long())
 
     # -- training ----------------------------------------------------------------------------
