@@ -88,16 +88,16 @@ class LayerKV:
 
     def __init__(self, cache: "KVCache", shape: tuple[int, ...], device, dtype):
         self.cache = cache
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # empty, not zeros: only written positions are ever read, and untouched pages cost no memory
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new positions' keys/values (B, H, T, D); return all positions so far."""
-        start = self.cache.length
-        end = start + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        start, n = self.cache.length, k.size(2)
+        self.k.narrow(2, start, n).copy_(k)
+        self.v.narrow(2, start, n).copy_(v)
+        return self.k.narrow(2, 0, start + n), self.v.narrow(2, 0, start + n)
 
 
 class KVCache:
@@ -207,21 +207,22 @@ class MultiHeadAttention(nn.Module):
         if self.cross:
             if context is None and kv is None:
                 raise ValueError("cross-attention needs a context tensor")
-            q = self.q_attn(x if pos is None else x + pos)
+            q = self._heads(self.q_attn(x if pos is None else x + pos))
             k, v = kv if kv is not None else self.context_kv(context, context_pos)
-        else:
-            if pos is None:
-                q, k, v = self.c_attn(x).chunk(3, dim=-1)
-            else:  # Q and K from x + pos, V from x: the same fused weights, in two products
-                d = self.num_heads * self.head_dim
-                q, k = self._rows(self.c_attn, x + pos, slice(0, 2 * d)).chunk(2, dim=-1)
-                v = self._rows(self.c_attn, x, slice(2 * d, 3 * d))
-            k, v = self._heads(k), self._heads(v)
+        elif pos is None:
+            # (B, T, 3*H*D) -> Q, K, V (B, H, T, D): three views in three ops (the same views as
+            # chunk + _heads, which take fourteen: it shows when decoding one token at a time)
+            q, k, v = self.c_attn(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
+        else:  # Q and K from x + pos, V from x: the same fused weights, in two products
+            d = self.num_heads * self.head_dim
+            q, k = self._rows(self.c_attn, x + pos, slice(0, 2 * d)).chunk(2, dim=-1)
+            v = self._rows(self.c_attn, x, slice(2 * d, 3 * d))
+            q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if cache is not None:
             k, v = cache.update(k, v)
         need_weights = need_weights or self.captured is not None
         out, weights = scaled_dot_product_attention(
-            self._heads(q),
+            q,
             k,
             v,
             mask,
