@@ -6,6 +6,7 @@ written as not holding. Run the experiments first (each is one command):
     python reports/attention_vs_rnn.py    # claims 5 and 6a
     python reports/heads.py               # claim 6b
     python reports/detr_vs_deformable.py  # claim 7
+    qkv train configs/igpt-fashion-mnist.toml && qkv probe runs/igpt-fashion-mnist --out reports/igpt  # claim 8
     python reports/claims.py              # this page
 
 An experiment whose results.json is missing is listed as not run.
@@ -24,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def read(name: str) -> dict | None:
-    file = HERE / name / "results.json"
+    file = HERE / name / ("probe.json" if name == "igpt" else "results.json")
     return json.loads(file.read_text()) if file.is_file() else None
 
 
@@ -157,7 +158,7 @@ def heads(r: dict) -> list[tuple[str, str, str, list[str]]]:
 def detr_vs_deformable(r: dict) -> list[tuple[str, str, str, list[str]]]:
     runs = {x["model"]: x for x in r["runs"]}
     d, f = runs["DETR"], runs["Deformable DETR"]
-    curve = lambda x: ", ".join(f"{s}: {m:.3f}" for s, m, _ in x["val_map_by_step"])  # noqa: E731
+    curve = lambda x: ", ".join(f"{s}: {m:.3f}" for s, m, *_ in x["val_map_by_step"])  # noqa: E731
     ahead = all(b[1] > a[1] for a, b in zip(d["val_map_by_step"], f["val_map_by_step"]))
     table = ["| | steps | training | mAP | AP50 | AP75 | AP small | AP medium |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     table += [f"| {x['model']} | {x['steps']} | {x['train_s'] / 60:.1f} min | " + " | ".join(
@@ -176,15 +177,33 @@ def detr_vs_deformable(r: dict) -> list[tuple[str, str, str, list[str]]]:
         [])]
 
 
+def igpt_probe(r: dict) -> list[tuple[str, str, str, list[str]]]:
+    acc, layers = r["accuracy"], r["layers"]
+    best = layers[acc.index(max(acc))]
+    return [(
+        "8. Probed linearly, a generative model of pixels classifies best from the middle of the network, "
+        "not from its last layer (Chen et al. 2020, Figure 2)",
+        f"iGPT (configs/igpt-fashion-mnist.toml: 4 layers x 128, 14x14 pixels, {len(r['palette'])} grey levels) "
+        f"trained on Fashion-MNIST; logistic regression on each layer's features averaged over positions, "
+        f"{r['train_images']:,} training / {r['test_images']:,} test images: "
+        + ", ".join(f"layer {l}: {a:.1%}" for l, a in zip(layers, acc))
+        + f"; on the raw 14x14 pixels {r['pixels_accuracy']:.1%}, the majority class {r['majority_class_accuracy']:.1%}",
+        verdict(layers[0] < best < layers[-1]) + f": the best probe is layer {best} of {layers[-1]}"
+        + (f", but the raw pixels ({r['pixels_accuracy']:.1%}) beat every layer at this scale"
+           if r["pixels_accuracy"] > max(acc) else ""),
+        ["igpt/probe.png", "igpt/completions.png"])]
+
+
 def main() -> None:
     sections = [("vit-vs-cnn", vit_vs_cnn, "python reports/vit_vs_cnn.py"),
                 ("attention-vs-rnn", attention_vs_rnn, "python reports/attention_vs_rnn.py"),
                 ("heads", heads, "python reports/heads.py"),
-                ("detr-vs-deformable", detr_vs_deformable, "python reports/detr_vs_deformable.py")]
+                ("detr-vs-deformable", detr_vs_deformable, "python reports/detr_vs_deformable.py"),
+                ("igpt", igpt_probe, "qkv probe runs/igpt-fashion-mnist --out reports/igpt")]
     lines = ["# The seeds' claims, measured", "",
              "Written by `python reports/claims.py` from each experiment's `results.json`; every figure below "
              "was produced by the command named with it, on a 2-core CPU. A claim is marked held or not by the "
-             "test written beside it, decided before looking.", "",
+             "test written for it in reports/claims.py.", "",
              "| claim | held here? |", "|---|---|"]
     body = []
     for name, summarise, command in sections:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qkv import GPT, GPTConfig
-from qkv.inference.generate import generate, sample_next
+from qkv.inference.generate import MATVEC_LAYOUT_MIN_TOKENS, generate, matvec_layout, sample_next, stream
 
 
 @pytest.fixture
@@ -92,3 +92,47 @@ def test_left_padded_batch_matches_each_prompt_alone(model):
     assert out[1, 3:].tolist() == generate(model, torch.tensor([b]), 9, temperature=0)[0].tolist()
     with pytest.raises(ValueError, match="pad prompts on the left"):
         generate(model, batch, 2, attention_mask=mask.flip(1))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_decoding_layout_changes_no_token_and_is_undone(model, batch):
+    """matvec_layout stores the linear weights (in, out) while generations run inside it: the
+    tokens are those of nn.Linear's layout, and afterwards every weight is contiguous again,
+    unchanged and still tied; a block inside another leaves the layout to the outer one."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    prompt = torch.randint(0, 40, (batch, 3), generator=torch.Generator().manual_seed(batch))
+    plain = generate(model, prompt, 8, temperature=0)
+    with matvec_layout(model):
+        weight = model.transformer.h[0].attn.c_attn.weight
+        assert not weight.is_contiguous() and weight.t().is_contiguous()
+        assert model.lm_head.weight.is_contiguous()  # tied to the embedding: left as it is
+        with matvec_layout(model):
+            assert torch.equal(generate(model, prompt, 8, temperature=0), plain)
+        assert not weight.is_contiguous()  # still the outer block's layout
+        assert torch.equal(generate(model, prompt, 20, temperature=0), generate(model, prompt, 20, temperature=0,
+                                                                                 use_cache=False))
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_the_decoding_layout_leaves_weights_that_share_storage_alone():
+    a, b = torch.nn.Linear(4, 6), torch.nn.Linear(4, 6)
+    b.weight = torch.nn.Parameter(a.weight.data)  # another tensor on the same storage
+    c = torch.nn.Linear(4, 6)
+    model, before = torch.nn.Sequential(a, b, c), a.weight.detach().clone()
+    with matvec_layout(model):
+        assert a.weight.is_contiguous() and b.weight.is_contiguous() and not c.weight.is_contiguous()
+        assert torch.equal(b.weight, before)
+
+
+def test_long_generations_decode_in_the_layout_and_an_abandoned_stream_restores_it(model):
+    new = max(MATVEC_LAYOUT_MIN_TOKENS, 9)
+    tokens = stream(model, torch.tensor([[3, 7, 1]]), new, temperature=0)
+    next(tokens)
+    assert not model.transformer.h[1].mlp.c_fc.weight.is_contiguous()  # decoding in matvec_layout
+    tokens.close()
+    assert all(p.is_contiguous() for p in model.parameters())
+    short = generate(model, torch.tensor([[3, 7, 1]]), 2, temperature=0)  # too short to re-lay: as it was
+    assert torch.equal(short, generate(model, torch.tensor([[3, 7, 1]]), new, temperature=0)[:, :5])

@@ -3,18 +3,24 @@
 A prompt longer than the model's context is an error. Within the context, generation uses
 a KV cache; once prompt plus generated tokens exceed it, the model sees a sliding window
 of its last ``block_size`` tokens (as nanoGPT does), recomputed for each new token.
+
+Decoding one token reads every weight matrix once for a row per sequence; the step is kept
+lean (a preallocated cache written in place, the last position's logits only, no autograd
+bookkeeping), and longer generations lay the linear weights out for such products while
+they run (``matvec_layout``).
 """
 from __future__ import annotations
 
-import math
 import contextlib
-from contextlib import contextmanager
+import math
+import mmap
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-# Re-laying the weights out costs about as much as this many decoding steps save (2 cores).
+# Generations of fewer new tokens keep nn.Linear's layout: laying the weights out and back
+# costs about what this many decoding steps save (see matvec_layout).
 MATVEC_LAYOUT_MIN_TOKENS = 16
 
 
@@ -59,38 +65,67 @@ def check_prompt(input_ids: Tensor, attention_mask: Tensor | None, block_size: i
             raise ValueError("pad prompts on the left: attention_mask rows must be 0...0 1...1")
 
 
-@contextmanager
-def matvec_layout(model: nn.Module) -> Iterator[None]:
-    """Within the block, every linear weight of ``model`` is stored transposed, (in, out)
-    row-major, and laid back out as it was afterwards.
+def _store(w: Tensor, transposed: bool, scratch: Tensor) -> Tensor:
+    """``w`` (out, in) with its elements rewritten in place in its own storage, in row-major
+    order of ``w.t()`` (transposed) or of ``w``, through ``scratch`` (at least w.numel())."""
+    out, in_ = w.shape
+    order = scratch[:w.numel()].view((in_, out) if transposed else (out, in_))
+    order.copy_(w.t() if transposed else w)
+    flat = w.as_strided((w.numel(),), (1,))  # the storage w occupies (contiguous one way or the other)
+    flat.copy_(order.view(-1))
+    return flat.as_strided((out, in_), (1, out) if transposed else (in_, 1))
 
-    Decoding multiplies one row per sequence by every weight matrix. A CPU BLAS streams
-    such a product about twice as fast from an (in, out) layout as from nn.Linear's
-    (out, in) (2.5 vs 5.4 ms per token over benchmarks/gpt.py's weights, 2 cores). The
-    parameters keep their shapes, values and identity: each becomes a column-major
+
+@contextlib.contextmanager
+def matvec_layout(model: nn.Module) -> Iterator[None]:
+    """Within the block, the linear weights of ``model`` are stored transposed, (in, out)
+    row-major, and laid back out as they were afterwards: the layout for decoding, which
+    multiplies one row per sequence by every weight matrix. On an idle 2-core machine a
+    CPU BLAS streamed such products over benchmarks/gpt.py's weights in 2.5 ms per token
+    from (in, out) weights and 5.4 ms through nn.Linear's (out, in); that benchmark times
+    qkv's generation with and without this, beside both floors.
+
+    The parameters keep their shapes, values and identity: each becomes a column-major
     (out, in) tensor whose ``.t()`` (what F.linear multiplies by) is the contiguous
-    (in, out) matrix, so every module computes as before. One matrix at a time is copied,
-    so memory does not grow. Inside another such block (weights already transposed) it
-    leaves them to that block.
+    (in, out) matrix, so every module computes what it did. Each matrix is rewritten in
+    its own storage through one scratch matrix, so memory grows by one matrix for a
+    moment, never by a second copy of the model. Left alone: weights off the CPU, a weight
+    an embedding also reads (a tied output head: lookups want its rows, and it is the
+    largest matrix, so the largest scratch) and one that shares its storage with another
+    tensor. The layout is restored because training and safetensors want contiguous
+    weights. Inside another such block it leaves the weights to that block.
     """
-    weights, seen = [], set()
+    holders: dict[int, set[int]] = {}  # storage -> the tensors of the model on it
+    for t in (*model.parameters(), *model.buffers()):
+        holders.setdefault(t.untyped_storage().data_ptr(), set()).add(id(t))
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    weights = {}
     for module in model.modules():
         w = getattr(module, "weight", None) if isinstance(module, nn.Linear) else None
-        if w is not None and id(w) not in seen and w.dim() == 2 and min(w.shape) > 1 and w.is_contiguous():
-            seen.add(id(w))
-            weights.append(w)
-    with torch.no_grad():
-        for w in weights:
-            w.data = w.data.t().contiguous().t()
+        if (w is not None and id(w) not in embedded and w.device.type == "cpu" and w.dim() == 2
+                and min(w.shape) > 1 and w.is_contiguous()
+                and holders.get(w.untyped_storage().data_ptr()) == {id(w)}):
+            weights[id(w)] = w
+    weights = list(weights.values())
+
+    def store_all(transposed: bool) -> None:
+        if not weights:
+            return
+        # One scratch matrix for them all, in memory mapped from the OS for this call and
+        # unmapped once freed: no heap memory stays behind (a malloc'd one could stay resident).
+        nbytes = max(w.numel() * w.element_size() for w in weights)
+        scratch = torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
+        with torch.no_grad():
+            for w in weights:
+                w.data = _store(w.data, transposed, scratch.view(w.dtype))
+
+    store_all(transposed=True)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for w in weights:
-                w.data = w.data.contiguous()
+        store_all(transposed=False)
 
 
-@torch.no_grad()
 def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            eos_token_id: int | None = None, seed: int | None = None,
@@ -102,12 +137,24 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
     token cost one position; past it, each token re-reads the last ``block_size`` tokens
     (``use_cache=False`` always does, and gives the same tokens). Stops after
     ``max_new_tokens`` or once every row has produced ``eos_token_id`` (then pads with it).
+    Generations of at least MATVEC_LAYOUT_MIN_TOKENS tokens with the cache decode in
+    ``matvec_layout`` (the same tokens).
     """
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_prompt(input_ids, attention_mask, model.config.block_size)
+    relayout = use_cache and max_new_tokens >= MATVEC_LAYOUT_MIN_TOKENS
+    with matvec_layout(model) if relayout else contextlib.nullcontext():
+        # (the decoding generator and its KV cache are gone before the weights are laid back)
+        yield from _decode(model, input_ids, max_new_tokens, attention_mask, temperature, top_k, top_p,
+                           eos_token_id, seed, use_cache)
+
+
+@torch.no_grad()
+def _decode(model, input_ids, max_new_tokens, attention_mask, temperature, top_k, top_p, eos_token_id,
+            seed, use_cache) -> Iterator[Tensor]:
     block_size = model.config.block_size
-    check_prompt(input_ids, attention_mask, block_size)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     batch, prompt_len = input_ids.shape
@@ -123,26 +170,24 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
             return model.lm_head(model.forward_features(ids, attention_mask=mask, cache=cache)[:, -1])
 
     model.eval()
-    relayout = use_cache and max_new_tokens >= MATVEC_LAYOUT_MIN_TOKENS
-    with matvec_layout(model) if relayout else contextlib.nullcontext():
-        logits = next_logits(ids[:, :prompt_len], mask, cache)
-        for step in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                nxt = nxt.masked_fill(finished, eos_token_id)
-                finished |= nxt == eos_token_id
-            yield nxt
-            if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
-                return
-            n = prompt_len + step + 1  # tokens so far
-            ids[:, n - 1] = nxt
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            if cache is not None and n <= block_size:
-                logits = next_logits(ids[:, n - 1:n], mask, cache)
-            else:  # past the context (or no cache): the last block_size tokens, from scratch
-                window = mask[:, -block_size:] if mask is not None else None
-                logits = next_logits(ids[:, max(0, n - block_size):n], window, None)
+    logits = next_logits(ids[:, :prompt_len], mask, cache)
+    for step in range(max_new_tokens):
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)
+        if eos_token_id is not None:
+            nxt = nxt.masked_fill(finished, eos_token_id)
+            finished |= nxt == eos_token_id
+        yield nxt
+        if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
+            return
+        n = prompt_len + step + 1  # tokens so far
+        ids[:, n - 1] = nxt
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+        if cache is not None and n <= block_size:
+            logits = next_logits(ids[:, n - 1:n], mask, cache)
+        else:  # past the context (or no cache): the last block_size tokens, from scratch
+            window = mask[:, -block_size:] if mask is not None else None
+            logits = next_logits(ids[:, max(0, n - block_size):n], window, None)
 
 
 def generate(model, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:

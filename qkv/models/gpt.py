@@ -157,7 +157,9 @@ class GPT(nn.Module):
             mask = causal_mask(T, past + T, input_ids.device) & padding_mask(valid)
             mask = mask | ~valid[:, None, past:, None]  # padding queries see all: no empty softmax
             is_causal = False
-        x = t.drop(t.wte(input_ids) + t.wpe(pos))
+        x = t.wte(input_ids) + t.wpe(pos)
+        if self.training:  # (in eval, Dropout is the identity: not even a call per generated token)
+            x = t.drop(x)
         for i, block in enumerate(t.h):
             x, w = block(x, mask, is_causal=is_causal, need_weights=attentions is not None,
                          cache=cache.layers[i] if cache is not None else None)

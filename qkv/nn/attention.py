@@ -28,6 +28,8 @@ creates one and passes it in; training never sees it.
 from __future__ import annotations
 
 import math
+import mmap
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -83,18 +85,28 @@ def scaled_dot_product_attention(
     return dropped @ v, weights
 
 
+def uninitialised(shape: tuple[int, ...], device=None, dtype=torch.float32) -> Tensor:
+    """An empty tensor; on the CPU, in memory mapped from the system for it alone, so that its
+    pages cost memory only once written and all of it goes back to the system when it is
+    freed (memory from the allocator's heap can stay resident after it is freed)."""
+    if torch.device(device or "cpu").type != "cpu":
+        return torch.empty(shape, device=device, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=torch.uint8)[:nbytes].view(dtype).view(shape)
+
+
 class LayerKV:
     """One layer's slice of a KVCache."""
 
     def __init__(self, cache: "KVCache", shape: tuple[int, ...], device, dtype):
-        self.cache = cache
-        # empty, not zeros: only written positions are ever read, and untouched pages cost no memory
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.cache = weakref.ref(cache)  # no reference cycle: the memory goes when generation drops the cache
+        # not zeroed: only written positions are ever read, and untouched pages cost no memory
+        self.k = uninitialised(shape, device, dtype)
+        self.v = uninitialised(shape, device, dtype)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new positions' keys/values (B, H, T, D); return all positions so far."""
-        start, n = self.cache.length, k.size(2)
+        start, n = self.cache().length, k.size(2)
         self.k.narrow(2, start, n).copy_(k)
         self.v.narrow(2, start, n).copy_(v)
         return self.k.narrow(2, 0, start + n), self.v.narrow(2, 0, start + n)
@@ -210,8 +222,8 @@ class MultiHeadAttention(nn.Module):
             q = self._heads(self.q_attn(x if pos is None else x + pos))
             k, v = kv if kv is not None else self.context_kv(context, context_pos)
         elif pos is None:
-            # (B, T, 3*H*D) -> Q, K, V (B, H, T, D): three views in three ops (the same views as
-            # chunk + _heads, which take fourteen: it shows when decoding one token at a time)
+            # (B, T, 3*H*D) -> Q, K, V (B, H, T, D): the views chunk + _heads make, in three
+            # calls instead of seven (each call shows when decoding runs one token at a time)
             q, k, v = self.c_attn(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
         else:  # Q and K from x + pos, V from x: the same fused weights, in two products
             d = self.num_heads * self.head_dim
@@ -234,5 +246,5 @@ class MultiHeadAttention(nn.Module):
         )
         if self.captured is not None:
             self.captured.append(weights.detach())
-        out = out.transpose(1, 2).flatten(2)
-        return self.resid_dropout(self.c_proj(out)), weights
+        out = self.c_proj(out.transpose(1, 2).flatten(2))
+        return (self.resid_dropout(out) if self.training else out), weights

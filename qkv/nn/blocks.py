@@ -56,7 +56,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        out = self.c_proj(self.act(self.c_fc(x)))
+        return self.dropout(out) if self.training else out  # eval: not even a call (decoding is per token)
 
 
 class Block(nn.Module):
