@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -56,9 +57,49 @@ def peak_bytes_during(fn) -> int:
     return (_status_kib("VmHWM") - before) * 1024
 
 
-def in_child(script: str, *args: str) -> dict:
-    """Run ``script`` with ``args`` in a fresh Python and parse the JSON it prints last."""
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True)
+def _data_kib() -> int:
+    """Resident memory that holds data (RssAnon + RssShmem: heap, tensors, anonymous maps)."""
+    with open("/proc/self/status") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith(("RssAnon:", "RssShmem:")))
+
+
+def peak_data_bytes_during(fn, interval: float = 0.0002) -> int:
+    """Peak resident data memory (``_data_kib``) while running ``fn``, above what was
+    resident before it, sampled by a thread every ``interval`` seconds. Unlike VmHWM it
+    leaves out the pages of code and files mapped in, which a first run of a code path
+    faults in (and the kernel may reclaim and fault in again), and which make a workload
+    of a few MiB read several MiB more or less from run to run."""
+    import threading
+
+    before = _data_kib()
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _data_kib())
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak[0], _data_kib()) - before) * 1024
+
+
+# For a child that measures memory: glibc's malloc serves every block of 128 KiB or more
+# straight from the system and gives it back when freed (by default that threshold rises as
+# the program runs, and freed memory can stay resident, differently from run to run).
+MEASURED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def in_child(script: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``script`` with ``args`` in a fresh Python (its environment plus ``env``) and
+    parse the JSON it prints last."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -5,13 +5,16 @@
 
 Prints, as qkv / HF, each beside its peak memory: greedy generation tokens/s at batch 1 and
 batch 8 (prompt 16, 256 new tokens; whether both produce the same tokens) and training-step
-throughput (batch 8 x 256 tokens, forward + backward + AdamW). Peak memory is resident
-memory above what the process held before the workload, each library in a fresh child
-process. Then batch-1 decoding against its floor: a chain of one-row matrix products over
-the 25 weight matrices a token reads (each once), timed in the same run with the weights
-laid out (in, out) and through F.linear's (out, in); qkv's and HF's ms/token as multiples
-of the faster (qkv also inside ``matvec_layout``, which lays its weights out (in, out) for
-the call and back). Last, the training step's FLOP/s against this machine's fp32 matmul rate.
+throughput (batch 8 x 256 tokens, forward + backward + AdamW). Peak memory is resident data
+memory (heap, tensors; not code) above what the process held before the workload, each
+library in a fresh child process whose malloc hands freed blocks back to the system
+(``common.MEASURED_MALLOC``), so that the figure is what the workload holds at its peak.
+
+Then batch-1 decoding against its floor: a chain of one-row matrix products over the 25
+weight matrices a token reads (each once), timed in the same run with the weights laid out
+(in, out) and through F.linear's (out, in); qkv's and HF's ms/token as multiples of the
+faster (qkv also inside ``matvec_layout``, which lays its weights out (in, out) for the call
+and back). Last, the training step's FLOP/s against this machine's fp32 matmul rate.
 """
 from __future__ import annotations
 
@@ -29,7 +32,13 @@ import torch.nn.functional as F
 from qkv.inference.generate import matvec_layout
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import compare, in_child, matmul_flops, peak_bytes_during  # noqa: E402
+from common import (  # noqa: E402
+    MEASURED_MALLOC,
+    compare,
+    in_child,
+    matmul_flops,
+    peak_data_bytes_during,
+)
 
 CONFIG = dict(n_layer=6, n_head=8, n_embd=512, vocab_size=8192, n_positions=512)
 BATCH, SEQ, PROMPT, NEW = 8, 256, 16, 256
@@ -111,7 +120,7 @@ def child(which: str, dropout: float) -> None:
     def measure(fn) -> int:
         gc.collect()
         libc.malloc_trim(0)
-        return peak_bytes_during(fn)
+        return peak_data_bytes_during(fn)
 
     torch.manual_seed(1)
     out = {}
@@ -187,7 +196,8 @@ def main() -> None:
     rows.append(("train tokens/s (8x256)", tokens / times["qkv"], tokens / times["hf"], "train"))
 
     script = os.path.abspath(__file__)
-    mem = {name: in_child(script, "--child", name, "--dropout", str(args.dropout)) for name in ("qkv", "hf")}
+    mem = {name: in_child(script, "--child", name, "--dropout", str(args.dropout), env=MEASURED_MALLOC)
+           for name in ("qkv", "hf")}
 
     print(f"\n{'':46s} {'qkv':>9s} {'HF':>9s} {'qkv/HF':>7s}   {'peak MiB: qkv':>13s} {'HF':>7s}")
     for label, ours, theirs, workload in rows:

@@ -18,8 +18,9 @@ backward, clip the global gradient norm, AdamW, zero the gradients). qkv's step 
 Trainer's own (``Trainer._train_step``: learning rate, batch, loss, backward, clipping, the
 finite-loss check, AdamW); nanoGPT's is its train.py's. The batches are windows of the
 Shakespeare text (the prepared corpus if ``qkv data get shakespeare`` was run, else the
-test fixture's pages), made before timing. Peak memory: resident memory above what the
-process held before, over two steps, each in a fresh process.
+test fixture's pages), made before timing. Peak memory: resident data memory (heap,
+tensors; not code) above what the process held before, over two steps, each library in a
+fresh process whose malloc hands freed blocks back (``common.MEASURED_MALLOC``).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import in_child, peak_bytes_during  # noqa: E402
+from common import MEASURED_MALLOC, in_child, peak_data_bytes_during  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "gpt-shakespeare-char.toml"
@@ -152,7 +153,7 @@ def child(which: str, checkout: str) -> None:
     else:
         del trainer, model
         fn = NanoSteps(nano, nano_opt, batches, run.train)
-    peak = peak_bytes_during(lambda: [fn() for _ in range(2)])
+    peak = peak_data_bytes_during(lambda: [fn() for _ in range(2)])
     print(json.dumps({"peak_bytes": peak}))
 
 
@@ -225,7 +226,7 @@ def main() -> None:
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
     script = os.path.abspath(__file__)
-    mem = {name: in_child(script, "--nanogpt", args.nanogpt, "--child", name)["peak_bytes"] / 2**20
+    mem = {name: in_child(script, "--nanogpt", args.nanogpt, "--child", name, env=MEASURED_MALLOC)["peak_bytes"] / 2**20
            for name in ("qkv", "nanoGPT")}
     tokens = cfg.batch_size * run.data["seq_len"]
     print(f"\n{'training step (median of ' + str(args.steps) + ')':34s} {'qkv':>10s} {'nanoGPT':>10s} {'qkv/nanoGPT':>12s}")

@@ -6,8 +6,8 @@ of its last ``block_size`` tokens (as nanoGPT does), recomputed for each new tok
 
 Decoding one token reads every weight matrix once for a row per sequence; the step is kept
 lean (a preallocated cache written in place, the last position's logits only, no autograd
-bookkeeping), and longer generations lay the linear weights out for such products while
-they run (``matvec_layout``).
+bookkeeping). ``matvec_layout`` lays the linear weights out (in, out) around generations,
+for CPUs whose BLAS streams one-row products much faster from that layout.
 """
 from __future__ import annotations
 
@@ -18,10 +18,6 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-
-# Generations of fewer new tokens keep nn.Linear's layout: laying the weights out and back
-# costs about what this many decoding steps save (see matvec_layout).
-MATVEC_LAYOUT_MIN_TOKENS = 16
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -80,10 +76,13 @@ def _store(w: Tensor, transposed: bool, scratch: Tensor) -> Tensor:
 def matvec_layout(model: nn.Module) -> Iterator[None]:
     """Within the block, the linear weights of ``model`` are stored transposed, (in, out)
     row-major, and laid back out as they were afterwards: the layout for decoding, which
-    multiplies one row per sequence by every weight matrix. On an idle 2-core machine a
-    CPU BLAS streamed such products over benchmarks/gpt.py's weights in 2.5 ms per token
-    from (in, out) weights and 5.4 ms through nn.Linear's (out, in); that benchmark times
-    qkv's generation with and without this, beside both floors.
+    multiplies one row per sequence by every weight matrix. Generation does not use it by
+    default: on these 2-core machines, idle, a chain of one-row products over
+    benchmarks/gpt.py's weights took 3.1 ms per token from (in, out) weights and 3.3 ms
+    through nn.Linear's (out, in) (2 threads), so laying the weights out and back (tens of
+    ms) pays only over hundreds of tokens, or around many generations. Where a BLAS is
+    much slower on (out, in) (2.5 vs 5.4 ms was once reported here), wrap generation in
+    it; benchmarks/gpt.py times qkv with and without it, beside both floors.
 
     The parameters keep their shapes, values and identity: each becomes a column-major
     (out, in) tensor whose ``.t()`` (what F.linear multiplies by) is the contiguous
@@ -126,6 +125,7 @@ def matvec_layout(model: nn.Module) -> Iterator[None]:
         store_all(transposed=False)
 
 
+@torch.no_grad()
 def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            eos_token_id: int | None = None, seed: int | None = None,
@@ -137,24 +137,12 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
     token cost one position; past it, each token re-reads the last ``block_size`` tokens
     (``use_cache=False`` always does, and gives the same tokens). Stops after
     ``max_new_tokens`` or once every row has produced ``eos_token_id`` (then pads with it).
-    Generations of at least MATVEC_LAYOUT_MIN_TOKENS tokens with the cache decode in
-    ``matvec_layout`` (the same tokens).
     """
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    check_prompt(input_ids, attention_mask, model.config.block_size)
-    relayout = use_cache and max_new_tokens >= MATVEC_LAYOUT_MIN_TOKENS
-    with matvec_layout(model) if relayout else contextlib.nullcontext():
-        # (the decoding generator and its KV cache are gone before the weights are laid back)
-        yield from _decode(model, input_ids, max_new_tokens, attention_mask, temperature, top_k, top_p,
-                           eos_token_id, seed, use_cache)
-
-
-@torch.no_grad()
-def _decode(model, input_ids, max_new_tokens, attention_mask, temperature, top_k, top_p, eos_token_id,
-            seed, use_cache) -> Iterator[Tensor]:
     block_size = model.config.block_size
+    check_prompt(input_ids, attention_mask, block_size)
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     batch, prompt_len = input_ids.shape
@@ -192,7 +180,16 @@ def _decode(model, input_ids, max_new_tokens, attention_mask, temperature, top_k
 
 def generate(model, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
     """Prompt plus generated tokens, (batch, prompt_len + new); options as ``stream``."""
-    new = list(stream(model, input_ids, max_new_tokens, **kwargs))
-    device = next(model.parameters()).device
-    return torch.cat([input_ids.to(device), *(t[:, None] for t in new)], dim=1)
-
+    # Written column by column into one tensor: holding every step's token until a final cat
+    # would scatter hundreds of small long-lived blocks through the heap as it decodes (and
+    # grow it by megabytes).
+    out, n = None, 0
+    for token in stream(model, input_ids, max_new_tokens, **kwargs):
+        if out is None:  # (stream has checked the request by now)
+            n = input_ids.size(1)
+            dtype = torch.promote_types(input_ids.dtype, token.dtype)  # as torch.cat would
+            out = torch.empty(token.size(0), n + max_new_tokens, dtype=dtype, device=token.device)
+            out[:, :n] = input_ids
+        out[:, n] = token
+        n += 1
+    return input_ids.to(next(model.parameters()).device) if out is None else out[:, :n]

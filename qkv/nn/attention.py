@@ -28,7 +28,6 @@ creates one and passes it in; training never sees it.
 from __future__ import annotations
 
 import math
-import mmap
 import weakref
 
 import torch
@@ -85,24 +84,14 @@ def scaled_dot_product_attention(
     return dropped @ v, weights
 
 
-def uninitialised(shape: tuple[int, ...], device=None, dtype=torch.float32) -> Tensor:
-    """An empty tensor; on the CPU, in memory mapped from the system for it alone, so that its
-    pages cost memory only once written and all of it goes back to the system when it is
-    freed (memory from the allocator's heap can stay resident after it is freed)."""
-    if torch.device(device or "cpu").type != "cpu":
-        return torch.empty(shape, device=device, dtype=dtype)
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    return torch.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=torch.uint8)[:nbytes].view(dtype).view(shape)
-
-
 class LayerKV:
     """One layer's slice of a KVCache."""
 
     def __init__(self, cache: "KVCache", shape: tuple[int, ...], device, dtype):
         self.cache = weakref.ref(cache)  # no reference cycle: the memory goes when generation drops the cache
-        # not zeroed: only written positions are ever read, and untouched pages cost no memory
-        self.k = uninitialised(shape, device, dtype)
-        self.v = uninitialised(shape, device, dtype)
+        # empty, not zeros: only written positions are ever read, and untouched pages cost no memory
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new positions' keys/values (B, H, T, D); return all positions so far."""
@@ -222,9 +211,11 @@ class MultiHeadAttention(nn.Module):
             q = self._heads(self.q_attn(x if pos is None else x + pos))
             k, v = kv if kv is not None else self.context_kv(context, context_pos)
         elif pos is None:
-            # (B, T, 3*H*D) -> Q, K, V (B, H, T, D): the views chunk + _heads make, in three
-            # calls instead of seven (each call shows when decoding runs one token at a time)
-            q, k, v = self.c_attn(x).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
+            # (B, T, 3*H*D) -> Q, K, V (B, H, T, D): the views chunk + _heads make, in five calls
+            # instead of seven (each shows when decoding runs one token at a time). Unbinding the
+            # Q/K/V axis before transposing keeps the backward to one copy, as chunk's was.
+            q, k, v = (t.transpose(1, 2) for t in
+                       self.c_attn(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(2))
         else:  # Q and K from x + pos, V from x: the same fused weights, in two products
             d = self.num_heads * self.head_dim
             q, k = self._rows(self.c_attn, x + pos, slice(0, 2 * d)).chunk(2, dim=-1)
