@@ -47,7 +47,7 @@ def seconds_per_step(kind: str, runs: Path) -> float:
     return (at[CALIBRATION_STEPS] - at[10]) / (CALIBRATION_STEPS - 10)
 
 
-def train_for(kind: str, minutes: float, runs: Path) -> dict:
+def train_for(kind: str, minutes: float, runs: Path, sentences: int | None) -> dict:
     per_step = seconds_per_step(kind, runs)
     steps = max(200, int(minutes * 60 / per_step))
     out = runs / f"{kind}-bible-{minutes:g}min"
@@ -57,7 +57,7 @@ def train_for(kind: str, minutes: float, runs: Path) -> dict:
           + " ".join(f"--set {o}" for o in overrides), flush=True)
     train(ROOT / "configs" / CONFIGS[kind], overrides, progress=False)
     records = read_metrics(out / "metrics.jsonl")
-    scores = evaluate_run(out, "test")
+    scores = evaluate_run(out, "test", max_sentences=sentences)
     return {"model": kind, "run": str(out), "steps": steps, "calibrated_s_per_step": round(per_step, 4),
             "train_s": max(r.get("elapsed_s", 0) for r in records),
             "val_loss": [r["val_loss"] for r in records if "val_loss" in r][-1],
@@ -103,12 +103,13 @@ def alignments(run: Path, out: Path, count: int = 3) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per model (wall-clock)")
+    p.add_argument("--sentences", type=int, default=None, help="score the first N test verses (default: all)")
     p.add_argument("--runs", default="runs/claims")
     p.add_argument("--out", default=str(ROOT / "reports" / "attention-vs-rnn"))
     args = p.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [train_for(kind, args.minutes, runs) for kind in CONFIGS]
+    rows = [train_for(kind, args.minutes, runs, args.sentences) for kind in CONFIGS]
     figure(rows, out)
     pictures = [str(Path(p).relative_to(out)) for p in alignments(Path(rows[0]["run"]), out / "alignments")]
     results = {"minutes": args.minutes, "buckets": [n for n, _ in bucket_names()], "runs": rows,
