@@ -47,3 +47,42 @@ def detection_data(data_root):
     for name in ("mnist-detection", "fashion-detection"):
         data.detection.SETS[name].prepare(data_root / name, counts=DETECTION_COUNTS, log=lambda *a: None)
     return data_root
+
+
+def perturbed(model, scale: float = 0.1):
+    """Randomise every weight and the batch-norm running statistics (and a frozen batch norm's
+    affine buffers), so that a wrong mapping or a missed tensor shows; returns the model in eval mode."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.add_(torch.randn_like(b) * 0.2)
+            elif name.endswith("running_var"):
+                b.mul_(torch.rand_like(b) + 0.5)
+            elif name.endswith((".weight", ".bias")):  # DETR's frozen batch norm keeps its affine as buffers
+                b.add_(torch.randn_like(b) * 0.1)
+    return model.eval()
+
+
+def some_labels(num_labels: int, counts=(2, 0, 3)) -> list[dict]:
+    """Detection targets in Hugging Face's format, ``counts[i]`` random boxes for image i (fixed seed)."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for k in counts:
+        cxcy, wh = torch.rand(k, 2, generator=g) * 0.6 + 0.2, torch.rand(k, 2, generator=g) * 0.3 + 0.05
+        out.append({"class_labels": torch.randint(0, num_labels, (k,), generator=g), "boxes": torch.cat([cxcy, wh], 1)})
+    return out
+
+
+def fit_a_batch(model, x, labels, steps: int, lr: float) -> list[float]:
+    """AdamW on one detection batch for ``steps`` steps; the losses."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(x, labels=labels)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -19,7 +19,7 @@ from qkv.nn import capture, capture_sampling
 from qkv.train import evaluate_run
 from qkv.train.metrics import read_metrics
 
-from .conftest import ROOT
+from .conftest import ROOT, fit_a_batch, perturbed, some_labels
 
 CONFIGS = {  # transformers DeformableDetrConfig fields, ResNetConfig fields, image height, width
     "basic-1ch": (dict(num_channels=1, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
@@ -40,20 +40,6 @@ VARIANTS = [("basic-1ch", {}), ("basic-1ch", dict(with_box_refine=True)),
 VARIANT_IDS = ["basic", "basic-refine", "bottleneck", "bottleneck-refine-two-stage"]
 
 
-def perturbed(model):
-    """Randomise every weight and the (frozen) batch-norm statistics and affine buffers, so that a
-    wrong mapping or a missed tensor shows; large enough that boxes move off their references."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.15)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.add_(torch.randn_like(b) * 0.2)
-            elif name.endswith("running_var"):
-                b.mul_(torch.rand_like(b) + 0.5)
-            elif name.endswith((".weight", ".bias")):  # frozen batch norm keeps its affine as buffers
-                b.add_(torch.randn_like(b) * 0.1)
-    return model.eval()
 
 
 def hf_model(name, **extra):
@@ -63,16 +49,9 @@ def hf_model(name, **extra):
         backbone_config=transformers.ResNetConfig(**backbone), **{**fields, **extra},
         two_stage_num_proposals=fields["num_queries"])
     x = torch.randn(3, fields["num_channels"], h, w)
-    return perturbed(transformers.DeformableDetrForObjectDetection(config)), x
+    return perturbed(transformers.DeformableDetrForObjectDetection(config), 0.15), x
 
 
-def some_labels(num_labels, counts=(2, 0, 3)):
-    g = torch.Generator().manual_seed(1)
-    out = []
-    for k in counts:
-        cxcy, wh = torch.rand(k, 2, generator=g) * 0.6 + 0.2, torch.rand(k, 2, generator=g) * 0.3 + 0.05
-        out.append({"class_labels": torch.randint(0, num_labels, (k,), generator=g), "boxes": torch.cat([cxcy, wh], 1)})
-    return out
 
 
 def differences(ours: dict, theirs) -> dict:
@@ -107,7 +86,7 @@ def test_save_hf_round_trips(tmp_path, options):
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
         encoder_n_points=2, decoder_n_points=3, num_queries=6, dropout=0.0, image_mean=[0.4, 0.5, 0.6],
         image_std=[0.2, 0.3, 0.4], **options)
-    model = perturbed(DeformableDETR(config))
+    model = perturbed(DeformableDETR(config), 0.15)
     qkv.save_hf(model, tmp_path)
     hf = transformers.AutoModelForObjectDetection.from_pretrained(tmp_path).eval()
     assert isinstance(hf, transformers.DeformableDetrForObjectDetection) and hf.config.id2label[2] == "cow"
@@ -266,14 +245,7 @@ def test_a_small_deformable_detr_learns_a_batch(options):
                              depths=[1, 1, 1]), d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64,
                              decoder_ffn_dim=64, num_queries=8, **options).train()
     x, labels = torch.randn(4, 1, 96, 96), some_labels(10, (1, 2, 3, 1))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(20):
-        loss = model(x, labels=labels)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_a_batch(model, x, labels, steps=20, lr=2e-3)
     assert all(p.grad is not None for p in model.parameters()) and losses[-1] < 0.66 * losses[0], losses
 
 

@@ -21,6 +21,8 @@ from qkv.models.detr import DETR, DETRConfig
 from qkv.nn import capture, sine_positions_2d
 from qkv.nn.boxes import (box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou)
 
+from .conftest import fit_a_batch, perturbed, some_labels
+
 CONFIGS = [  # (transformers DetrConfig fields, ResNetConfig fields, image height, width)
     (dict(num_channels=3, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
           decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=6, num_labels=3),
@@ -34,20 +36,6 @@ CONFIGS = [  # (transformers DetrConfig fields, ResNetConfig fields, image heigh
 IDS = ["basic-3ch", "bottleneck-gelu-1ch"]
 
 
-def perturbed(model):
-    """Randomise every weight and the (frozen) batch-norm statistics and affine buffers, so that a
-    wrong mapping or a missed tensor shows."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.add_(torch.randn_like(b) * 0.2)
-            elif name.endswith("running_var"):
-                b.mul_(torch.rand_like(b) + 0.5)
-            elif name.endswith((".weight", ".bias")):  # DetrFrozenBatchNorm2d keeps its affine as buffers
-                b.add_(torch.randn_like(b) * 0.1)
-    return model.eval()
 
 
 def hf_detr(fields, backbone, **extra):
@@ -68,13 +56,6 @@ def pixel_mask(b, h, w):
     return mask
 
 
-def some_labels(num_labels, counts=(2, 0, 3)):
-    g = torch.Generator().manual_seed(1)
-    out = []
-    for k in counts:
-        cxcy, wh = torch.rand(k, 2, generator=g) * 0.6 + 0.2, torch.rand(k, 2, generator=g) * 0.3 + 0.05
-        out.append({"class_labels": torch.randint(0, num_labels, (k,), generator=g), "boxes": torch.cat([cxcy, wh], 1)})
-    return out
 
 
 @pytest.mark.parametrize("fields,backbone,h,w", CONFIGS, ids=IDS)
@@ -310,12 +291,5 @@ def test_a_small_detr_learns_a_batch():
                              d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                              num_queries=6).train()
     x, labels = torch.randn(4, 1, 96, 96), some_labels(10, (1, 2, 3, 1))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(25):
-        loss = model(x, labels=labels)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_a_batch(model, x, labels, steps=25, lr=1e-3)
     assert all(p.grad is not None for p in model.parameters()) and losses[-1] < 0.66 * losses[0], losses

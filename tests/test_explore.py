@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from playwright.sync_api import sync_playwright
 
 import qkv
 from qkv import data
@@ -277,11 +278,9 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `playwright`")
     executable = _chromium()
-    if executable is None:
-        pytest.skip("no Chromium (apt-get install chromium, or set QKV_CHROMIUM)")
-    with sync_api.sync_playwright() as p:
+    assert executable is not None, "no Chromium: scripts/setup.sh test installs it (apt-get install chromium), or set QKV_CHROMIUM"
+    with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=executable, headless=True)
         yield chromium
         chromium.close()

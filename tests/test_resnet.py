@@ -15,7 +15,7 @@ from qkv.models.resnet import PRESETS, ResNet, ResNetConfig
 from qkv.train import evaluate_run
 from qkv.train.metrics import read_metrics
 
-from .conftest import FIXTURES, ROOT
+from .conftest import FIXTURES, ROOT, perturbed
 
 CONFIGS = [  # transformers.ResNetConfig fields; image size, channels
     (dict(layer_type="basic", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2]), 32, 1),
@@ -28,18 +28,6 @@ CONFIGS = [  # transformers.ResNetConfig fields; image size, channels
 IDS = ["basic-1ch", "basic-gelu-3ch", "bottleneck-3ch", "bottleneck-down1x1-1ch"]
 
 
-def perturbed(model):
-    """Randomise every weight and the batch-norm running statistics (which transformers
-    initialises to 0 and 1), so that a wrong mapping or a missed buffer shows."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.add_(torch.randn_like(b) * 0.2)
-            elif name.endswith("running_var"):
-                b.mul_(torch.rand_like(b) + 0.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize("fields,image,channels", CONFIGS, ids=IDS)
