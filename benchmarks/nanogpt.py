@@ -14,7 +14,9 @@ the tanh GELU, so both take the very same steps: the losses of the first steps a
 side by side.
 
 Timed, alternating qkv and nanoGPT step by step: one optimizer step each (forward, loss,
-backward, clip the global gradient norm, AdamW, zero the gradients). qkv's step is the
+backward, clip the global gradient norm, AdamW, zero the gradients). The config trains with
+Muon (``train.optimizer``); nanoGPT has no Muon, so the comparison runs both with AdamW, and
+qkv's Muon step is timed beside them for reference. qkv's step is the
 Trainer's own (``Trainer._train_step``: learning rate, batch, loss, backward, clipping, the
 finite-loss check, AdamW); nanoGPT's is its train.py's. The batches are windows of the
 Shakespeare text (the prepared corpus if ``qkv data get shakespeare`` was run, else the
@@ -25,6 +27,8 @@ fresh process whose malloc hands freed blocks back (``common.MEASURED_MALLOC``).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import importlib.util
 import json
 import os
@@ -85,6 +89,7 @@ def build(checkout: str, quiet: bool = True):
     from qkv.train.trainer import Trainer
 
     run = load_run_config(CONFIG)
+    run.train = dataclasses.replace(run.train, optimizer="adamw")  # nanoGPT's; the config's Muon is timed apart
     cfg, seq_len = run.train, run.data["seq_len"]
     tokens, vocab, source = text_tokens()
     torch.manual_seed(run.seed)
@@ -217,6 +222,14 @@ def main() -> None:
     if c.activation != "gelu":  # nanoGPT as shipped: its exact GELU (another function, for reference)
         fns["nanoGPT, exact GELU"] = NanoSteps(*nanogpt("none"), batches, cfg)
         fns["nanoGPT, exact GELU"]()
+    from qkv.train.config import load_run_config
+    from qkv.train.trainer import Trainer
+
+    own = load_run_config(CONFIG).train
+    if own.optimizer != "adamw":  # the config's own optimizer (Muon), which nanoGPT does not have
+        fns[f"qkv, {own.optimizer}"] = Trainer(copy.deepcopy(model), own, tempfile.mkdtemp(prefix="qkv-bench-"),
+                                               batches=trainer.batches, loss=trainer.loss_fn,
+                                               progress=False)._train_step
     times = {name: [] for name in fns}
     for _ in range(args.steps):
         for name, fn in fns.items():
@@ -241,6 +254,10 @@ def main() -> None:
         print(f"\nnanoGPT as shipped computes the exact GELU, not the config's tanh GELU (gelu_new): "
               f"{exact * 1e3:.1f} ms per step,\nqkv/that {med['qkv'] / exact:.2f}x. The difference is the "
               f"activation's kernel, not the framework: set [model] activation = \"gelu\" for it (other losses).")
+    for name in med:
+        if name.startswith("qkv, "):
+            print(f"\n{name} (the config's optimizer): {med[name] * 1e3:.1f} ms per step, "
+                  f"{med[name] / med['qkv']:.2f}x qkv's AdamW step")
     if args.profile:
         profile_qkv(trainer)
 

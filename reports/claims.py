@@ -41,9 +41,14 @@ def vit_vs_cnn(r: dict) -> list[tuple[str, str, str, list[str]]]:
             for m in ("vit", "resnet") for s in sizes}
     spread = {(m, s): np.ptp([x["test_accuracy"] for x in rows if x["model"] == m and x["train_size"] == s])
               for m in ("vit", "resnet") for s in sizes}
-    table = ["| training images | ViT | ResNet | ResNet - ViT |", "|---:|---:|---:|---:|"]
-    table += [f"| {s:,} | {mean['vit', s]:.2%} (range {spread['vit', s]:.1%}) | {mean['resnet', s]:.2%} "
-              f"(range {spread['resnet', s]:.1%}) | {mean['resnet', s] - mean['vit', s]:+.2%} |" for s in sizes]
+    seeds = {s: len([x for x in rows if x["model"] == "vit" and x["train_size"] == s]) for s in sizes}
+
+    def cell(m: str, s: int) -> str:
+        return f"{mean[m, s]:.2%}" + (f" (range {spread[m, s]:.1%})" if seeds[s] > 1 else "")
+
+    table = ["| training images | seeds | ViT | ResNet | ResNet - ViT |", "|---:|---:|---:|---:|---:|"]
+    table += [f"| {s:,} | {seeds[s]} | {cell('vit', s)} | {cell('resnet', s)} | "
+              f"{mean['resnet', s] - mean['vit', s]:+.2%} |" for s in sizes]
     gaps = [mean["resnet", s] - mean["vit", s] for s in sizes]
     claims.append((
         "1. A ViT trails a CNN when trained on little data, and the gap closes as the data grows "

@@ -37,10 +37,14 @@ MODELS = {  # similar parameter counts: 0.27M (ResNet-20) and 0.31M (ViT, 4 x 96
 }
 
 
+def run_name(kind: str, size: int, seed: int) -> str:
+    return f"{kind}-{size or 'all'}-seed{seed}"
+
+
 def run_one(kind: str, size: int, seed: int, args) -> dict:
     """Train (unless finished) and test one model on one training-set size."""
     config, extra = MODELS[kind]
-    out = Path(args.runs) / f"{kind}-{size or 'all'}-seed{seed}"
+    out = Path(args.runs) / run_name(kind, size, seed)
     overrides = [f"out_dir={out}", f"seed={seed}", f"data.train_size={size}", f"train.max_steps={args.steps}",
                  f"train.batch_size={args.batch_size}", f"train.eval_interval={args.steps}",
                  f"train.ckpt_interval={args.steps}", "train.eval_batches=10", *extra]
@@ -82,18 +86,18 @@ def main() -> None:
     p.add_argument("--runs", default="runs/claims", help="where the training runs go")
     p.add_argument("--out", default=str(ROOT / "reports" / "vit-vs-cnn"), help="figures and numbers")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000, 0], help="0 = all 55,000")
-    p.add_argument("--seeds", type=int, default=3, help="seeds at sizes below 20,000 (one above)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seeds", type=int, default=3, help="seeds at the smallest size (one at the others)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     rows = [run_one(kind, size, seed, args) for size in args.sizes
-            for seed in range(args.seeds if 0 < size < 20000 else 1) for kind in MODELS]
+            for seed in range(args.seeds if size == args.sizes[0] else 1) for kind in MODELS]
     accuracy_figure(rows, out)
-    small, full = Path(args.runs) / f"vit-{args.sizes[0] or 'all'}-seed0", Path(args.runs) / "vit-all-seed0"
-    resnet = Path(args.runs) / "resnet-all-seed0"
+    small, full = (Path(args.runs) / run_name("vit", size, 0) for size in (args.sizes[0], 0))
+    resnet = Path(args.runs) / run_name("resnet", 0, 0)
     distance = {name: json.loads(commands.distance(run, "test", out / name, count=512).with_suffix(".json")
                                  .read_text())["distance_px"] for name, run in (("distance-small", small),
                                                                                 ("distance-all", full))}

@@ -16,6 +16,7 @@ TINY = [
     "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
     "data.seq_len=32", "train.batch_size=8", "train.warmup_steps=5", "train.log_interval=1",
     "train.eval_interval=5", "train.eval_batches=2", "train.ckpt_interval=5",
+    "train.optimizer=adamw",  # FSDP runs take no Muon yet; tests/test_train.py runs Muon itself
 ]
 
 

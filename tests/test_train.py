@@ -12,7 +12,7 @@ from qkv.train import TrainConfig, TrainingInterrupted, train
 from qkv.train import checkpoint as checkpoint_module
 from qkv.tasks.lm import LanguageModelTask
 from qkv.train.metrics import read_metrics
-from qkv.train.optim import learning_rate
+from qkv.train.optim import Optimizers, learning_rate, make_optimizer
 
 from .conftest import BPE_CONFIG, CHAR_CONFIG, TINY
 
@@ -38,9 +38,10 @@ def test_a_run_trains_evaluates_checkpoints_and_loads(data_root, tmp_path):
     assert all("tokens_per_s" in r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r)
 
 
-def test_interrupted_run_resumes_with_the_same_loss_curve(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_run_resumes_with_the_same_loss_curve(data_root, tmp_path, monkeypatch, optimizer):
     """Ctrl-C at step 7 (dropout on, so the RNG state matters), then the same command again."""
-    common = ("train.max_steps=12", "model.dropout=0.1")
+    common = ("train.max_steps=12", "model.dropout=0.1", f"train.optimizer={optimizer}")
     straight = run(tmp_path, *common, name="straight")
 
     original = LanguageModelTask.batches
@@ -137,6 +138,24 @@ def test_compile_failure_falls_back_to_eager(data_root, tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="continuing uncompiled"):
         run_dir = run(tmp_path, "train.max_steps=3", "train.compile=true")
     assert len(losses(run_dir)) == 3
+
+
+def test_muon_takes_the_attention_and_feed_forward_matrices_and_adamw_the_rest():
+    model = qkv.GPT(qkv.GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    optimizer = make_optimizer(model, TrainConfig(optimizer="muon"), torch.device("cpu"))
+    assert isinstance(optimizer, Optimizers)
+    muon, adamw = optimizer.optimizers
+    names = {id(p): n for n, p in model.named_parameters()}
+    on_muon = sorted(names[id(p)] for g in muon.param_groups for p in g["params"])
+    assert on_muon == sorted(n for n, p in model.named_parameters() if p.dim() == 2 and ".h." in f".{n}")
+    assert len(on_muon) == 2 * 4  # per block: fused q/k/v, output, and the two feed-forward matrices
+    on_adamw = [p for g in adamw.param_groups for p in g["params"]]
+    assert len(on_adamw) + len(on_muon) == len(list(model.parameters()))
+    assert all(g["lr"] == TrainConfig().lr for g in optimizer.param_groups)
+    resnet = qkv.ResNet(qkv.ResNetConfig(num_labels=3, num_channels=1, embedding_size=4, hidden_sizes=[4], depths=[1],
+                                         layer_type="basic", stem="3x3"))
+    with pytest.raises(ConfigError, match="has none; use train.optimizer"):
+        make_optimizer(resnet, TrainConfig(optimizer="muon"), torch.device("cpu"))
 
 
 def test_schedule_warms_up_then_follows_a_cosine():

@@ -15,6 +15,7 @@ from ..errors import CheckpointError, ConfigError
 from ..files import read_json
 
 SCHEDULES = ("cosine", "constant", "inverse_sqrt")
+OPTIMIZERS = ("adamw", "muon")
 STRATEGIES = ("ddp", "fsdp")
 
 
@@ -24,6 +25,8 @@ class TrainConfig:
     batch_size: int | None = None    # samples per micro-batch, all processes together; unset: 32,
                                      # or for a task that batches by tokens, one batch per process
     grad_accum: int = 1              # micro-batches per optimizer step
+    optimizer: str = "adamw"         # adamw | muon (Muon on the attention and feed-forward
+                                     # matrices, AdamW on the rest; single process or DDP)
     lr: float = 1e-3                 # peak learning rate
     min_lr: float = 1e-4             # floor of the cosine schedule
     schedule: str = "cosine"         # cosine | constant | inverse_sqrt, each after linear warmup
@@ -61,6 +64,7 @@ class TrainConfig:
             ("max_steps", integer(self.max_steps, 1), positive_int),
             ("batch_size", self.batch_size is None or integer(self.batch_size, 1), positive_int),
             ("grad_accum", integer(self.grad_accum, 1), positive_int),
+            ("optimizer", self.optimizer in OPTIMIZERS, one_of(OPTIMIZERS)),
             ("lr", number(self.lr) and self.lr > 0, "a positive number"),
             ("min_lr", number(self.min_lr), "a number >= 0"),
             ("schedule", self.schedule in SCHEDULES, one_of(SCHEDULES)),

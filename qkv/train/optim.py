@@ -1,4 +1,5 @@
-"""AdamW with decay / no-decay parameter groups, and learning-rate schedules."""
+"""The optimizers (AdamW with decay / no-decay parameter groups, or Muon on the hidden
+matrices beside AdamW), and learning-rate schedules."""
 from __future__ import annotations
 
 import math
@@ -6,12 +7,57 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+from ..nn import FeedForward, MultiHeadAttention
 from .config import TrainConfig
 
 
-def adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
+    """``train.optimizer``: adamw, or muon (Muon on the attention and feed-forward matrices,
+    AdamW on everything else)."""
+    if cfg.optimizer == "adamw":
+        return adamw([p for p in model.parameters() if p.requires_grad], cfg, device)
+    hidden = {id(m.weight): m.weight for block in model.modules() if isinstance(block, (MultiHeadAttention, FeedForward))
+              for m in block.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad}
+    if not hidden:
+        raise ConfigError(f"train.optimizer = \"muon\" needs attention or feed-forward matrices, and "
+                          f"{type(model).__name__} has none; use train.optimizer = \"adamw\"")
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden]
+    # match_rms_adamw scales each matrix's orthogonalised update to AdamW's RMS (Liu et al. 2025),
+    # so that train.lr and train.weight_decay mean for Muon what they mean for AdamW
+    muon = torch.optim.Muon(list(hidden.values()), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return Optimizers(muon, adamw(rest, cfg, device))
+
+
+class Optimizers:
+    """Several optimizers over disjoint parameters, stepped, zeroed, scheduled and saved as one."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+
+
+def adamw(params: list[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """Weight decay on matrices and embeddings (dim >= 2); none on biases and norm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},

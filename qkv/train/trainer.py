@@ -45,7 +45,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from . import distributed
 from .config import TrainConfig
 from .metrics import MetricsLog, NullLog
-from .optim import adamw, learning_rate
+from .optim import learning_rate, make_optimizer
 
 
 MAX_SKIPPED_IN_A_ROW = 100  # train.nonfinite="skip" gives up after this many bad steps in a row
@@ -111,7 +111,10 @@ class Trainer:
         self.forward_model = torch.compile(self.eager_model) if cfg.compile else self.eager_model
         self.batches, self.loss_fn, self.evaluate_fn = batches, loss, evaluate
         self.tokens_per_step = tokens_per_sample * self.batch_size * cfg.grad_accum
-        self.optimizer = adamw(model, cfg, self.device)
+        if self.sharded and cfg.optimizer != "adamw":
+            raise ConfigError(f"train.optimizer = \"{cfg.optimizer}\" does not shard with FSDP yet; use "
+                              "train.strategy = \"ddp\" or train.optimizer = \"adamw\"")
+        self.optimizer = make_optimizer(model, cfg, self.device)
         self.progress = progress and self.world.is_main
         self.step = 0
         self.skipped, self.skipped_in_a_row = 0, 0  # steps not applied: non-finite loss or gradient
