@@ -128,7 +128,10 @@ def attention_vs_rnn(r: dict) -> list[tuple[str, str, str, list[str]]]:
         ("**not decided**: the LSTM does not translate at this budget (BLEU "
          f"{l['bleu']:.1f}); both need more time" if l["bleu"] < 1 else
          verdict(diffs[-1] > 0 and diffs[-1] > diffs[0]) + f": Transformer minus LSTM {diffs[0]:+.1f} BLEU on the "
-         f"shortest sources and {diffs[-1]:+.1f} on the longest"),
+         f"shortest sources and {diffs[-1]:+.1f} on the longest ({t.get(keys[-1].replace('bleu_', 'n_'), 0)} "
+         f"verses). Relative to its own score on the shortest, the Transformer keeps "
+         f"{t[keys[-1]] / t[keys[0]]:.0%} on the longest and the LSTM {l[keys[-1]] / l[keys[0]]:.0%}; the test "
+         "above is on BLEU differences, as decided before the run"),
         ["attention-vs-rnn/bleu-by-length.png"])]
     rhos = []
     for png in r["alignments"]:

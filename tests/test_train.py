@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 
@@ -100,7 +101,14 @@ def test_resume_refuses_an_incompatible_config(data_root, tmp_path):
     run(tmp_path, "train.max_steps=5")
     with pytest.raises(ConfigError, match=r"cannot resume.*model\.n_layer: 2 -> 3.*out_dir"):
         run(tmp_path, "train.max_steps=10", "model.n_layer=3")
+    with pytest.raises(ConfigError, match=r"cannot resume.*train\.optimizer: 'adamw' -> 'muon'"):
+        run(tmp_path, "train.max_steps=10", "train.optimizer=muon")
     run(tmp_path, "train.max_steps=8", "train.lr=1e-4", "train.min_lr=1e-5")  # a longer or gentler run is fine
+    saved = tmp_path / "run" / "run.json"  # a run written before train.optimizer existed resumes with AdamW
+    tree = json.loads(saved.read_text())
+    del tree["train"]["optimizer"]
+    saved.write_text(json.dumps(tree))
+    run(tmp_path, "train.max_steps=9")
 
 
 def test_config_errors_name_the_problem(data_root, tmp_path):

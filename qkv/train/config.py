@@ -130,7 +130,7 @@ def read_run(run_dir: str | Path) -> RunConfig:
 
 
 # What a resumed run may not change: it would no longer be the same run.
-FROZEN = ("task", "seed", "data", "model", "train.batch_size", "train.grad_accum")
+FROZEN = ("task", "seed", "data", "model", "train.batch_size", "train.grad_accum", "train.optimizer")
 
 
 def incompatible(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -17,8 +17,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
     AdamW on everything else)."""
     if cfg.optimizer == "adamw":
         return adamw([p for p in model.parameters() if p.requires_grad], cfg, device)
-    hidden = {id(m.weight): m.weight for block in model.modules() if isinstance(block, (MultiHeadAttention, FeedForward))
-              for m in block.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad}
+    blocks = [m for m in model.modules() if isinstance(m, (MultiHeadAttention, FeedForward))]
+    hidden = {id(m.weight): m.weight for block in blocks for m in block.modules()
+              if isinstance(m, nn.Linear) and m.weight.requires_grad}
     if not hidden:
         raise ConfigError(f"train.optimizer = \"muon\" needs attention or feed-forward matrices, and "
                           f"{type(model).__name__} has none; use train.optimizer = \"adamw\"")

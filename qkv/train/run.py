@@ -48,7 +48,7 @@ def check_run_dir(run_dir: Path, tree: dict, locked: bool = False) -> bool:
     if not (run_dir / RUN_CONFIG).is_file():
         raise ConfigError(f"out_dir {run_dir} is not empty and is not a qkv run (no {RUN_CONFIG}); qkv does "
                           "not write into it. Choose another out_dir (--set out_dir=runs/NEW_NAME)")
-    diffs = incompatible(read_json(run_dir / RUN_CONFIG), tree)
+    diffs = incompatible(read_run(run_dir).to_tree(), tree)  # keys added since it was written: defaults
     if diffs:
         state = (f"resume {run_dir}" if latest_checkpoint(run_dir) is not None
                  else f"reuse {run_dir} (it has no checkpoint yet)")
