@@ -15,7 +15,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import ConfigError
-from ..files import atomic_write_text, read_json
+from ..files import atomic_write_text
 from ..io import latest_checkpoint, save_config
 from . import distributed
 from .config import RUN_CONFIG, RunConfig, incompatible, load_run_config, read_run

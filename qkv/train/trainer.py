@@ -102,6 +102,9 @@ class Trainer:
         self.autocast = autocast_context(cfg.precision, self.device)
         self.model = model.to(self.device)
         self.sharded = self.world.enabled and cfg.strategy == "fsdp"
+        if self.sharded and cfg.optimizer != "adamw":
+            raise ConfigError(f"train.optimizer = \"{cfg.optimizer}\" does not shard with FSDP yet; use "
+                              "train.strategy = \"ddp\" or train.optimizer = \"adamw\"")
         self.ddp = None
         if self.sharded:
             distributed.shard(self.model)
@@ -111,9 +114,6 @@ class Trainer:
         self.forward_model = torch.compile(self.eager_model) if cfg.compile else self.eager_model
         self.batches, self.loss_fn, self.evaluate_fn = batches, loss, evaluate
         self.tokens_per_step = tokens_per_sample * self.batch_size * cfg.grad_accum
-        if self.sharded and cfg.optimizer != "adamw":
-            raise ConfigError(f"train.optimizer = \"{cfg.optimizer}\" does not shard with FSDP yet; use "
-                              "train.strategy = \"ddp\" or train.optimizer = \"adamw\"")
         self.optimizer = make_optimizer(model, cfg, self.device)
         self.progress = progress and self.world.is_main
         self.step = 0
