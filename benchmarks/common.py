@@ -42,6 +42,18 @@ def matmul_flops(n: int = 2048, repeat: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def step_flops(fn) -> int:
+    """The floating-point operations of ``fn`` (matmuls, convolutions, attention), run once,
+    as ``torch.utils.flop_counter`` counts them. It has no formula for the CPU's fused
+    attention kernel, so attention runs on PyTorch's math path here (matmuls it counts)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        fn()
+    return counter.get_total_flops()
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -103,8 +115,9 @@ def in_child(script: str, *args: str, env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _train_step(model, opt, x, y, hf: bool):
-    loss = model(pixel_values=x, labels=y).loss if hf else model(x, labels=y)[1]
+def _train_step(model, opt, x, y, hf: bool, bf16: bool = False):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the Trainer: forward and loss
+        loss = model(pixel_values=x, labels=y).loss if hf else model(x, labels=y)[1]
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -113,14 +126,19 @@ def _train_step(model, opt, x, y, hf: bool):
 def image_classifiers(doc: str, cases: list[tuple[str, int]], build) -> None:
     """The main of an image-classifier benchmark: for each (preset, batch), ``build(preset)``
     gives (qkv model, HF model with the same weights, preset fields); prints inference and
-    training images/s of both and their ratio, timed alternately."""
+    training images/s of both and their ratio, timed alternately, and the training step's
+    FLOP/s against the fp32 matmul rate; on a CPU that multiplies bf16 natively (AMX,
+    AVX512-BF16), training under bf16 autocast too."""
+    from qkv.train.trainer import cpu_has_bf16_matmul
+
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     reps = 3 if args.quick else 7
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = []
+    peak = matmul_flops()
+    rows, notes = [], []
     for preset, batch in cases:
         model, hf, cfg = build(preset)
         x = torch.randn(batch, cfg["num_channels"], cfg["image_size"], cfg["image_size"])
@@ -138,7 +156,20 @@ def image_classifiers(doc: str, cases: list[tuple[str, int]], build) -> None:
         t = compare({"qkv": lambda: _train_step(model, opts["qkv"], x, y, False),
                      "hf": lambda: _train_step(hf, opts["hf"], x, y, True)}, reps, warmup=1)
         rows.append((f"{preset} training img/s, batch {batch}", batch / t["qkv"], batch / t["hf"]))
+        flops = step_flops(lambda: _train_step(model, opts["qkv"], x, y, False))
+        rate = {name: flops / s for name, s in t.items()}
+        if cpu_has_bf16_matmul():  # the same steps under bf16 autocast (train.precision = "bf16")
+            b = compare({"qkv": lambda: _train_step(model, opts["qkv"], x, y, False, bf16=True),
+                         "hf": lambda: _train_step(hf, opts["hf"], x, y, True, bf16=True)}, reps, warmup=1)
+            rows.append((f"  bf16 autocast (qkv {t['qkv'] / b['qkv']:.2f}x its fp32 step)",
+                         batch / b["qkv"], batch / b["hf"]))
+        notes.append(f"{preset}: a training step is {flops / 1e9:.0f} GFLOP (torch.utils.flop_counter); in fp32 "
+                     f"qkv runs it at {rate['qkv'] / 1e9:.0f} GFLOP/s ({rate['qkv'] / peak:.0%} of the matmul "
+                     f"rate), HF at {rate['hf'] / 1e9:.0f} ({rate['hf'] / peak:.0%})")
         print(f"{preset}: same weights, max |logit difference| = {diff:.2e}", flush=True)
     print(f"\n{'':52s} {'qkv':>9s} {'HF':>9s} {'qkv/HF':>8s}")
     for label, ours, theirs in rows:
         print(f"{label:52s} {ours:9.1f} {theirs:9.1f} {ours / theirs:7.2f}x")
+    print(f"\nfp32 matmul rate here: {peak / 1e9:.0f} GFLOP/s")
+    for note in notes:
+        print(note)

@@ -4,8 +4,10 @@
     python benchmarks/gpt.py --quick    # fewer repetitions
 
 Prints, as qkv / HF, each beside its peak memory: greedy generation tokens/s at batch 1 and
-batch 8 (prompt 16, 256 new tokens; whether both produce the same tokens) and training-step
-throughput (batch 8 x 256 tokens, forward + backward + AdamW). Peak memory is resident data
+batch 8 (prompt 16, 256 new tokens; whether both produce the same tokens), qkv eager and with
+``compile=True`` (its one-token step through torch.compile; compiled before timing, the
+seconds that took printed beside), and training-step throughput (batch 8 x 256 tokens,
+forward + backward + AdamW). Peak memory is resident data
 memory (heap, tensors; not code) above what the process held before the workload, each
 library in a fresh child process whose malloc hands freed blocks back to the system
 (``common.MEASURED_MALLOC``), so that the figure is what the workload holds at its peak.
@@ -13,8 +15,8 @@ library in a fresh child process whose malloc hands freed blocks back to the sys
 Then batch-1 decoding against its floor: a chain of one-row matrix products over the 25
 weight matrices a token reads (each once), timed in the same run with the weights laid out
 (in, out) and through F.linear's (out, in); qkv's and HF's ms/token as multiples of the
-faster (qkv also inside ``matvec_layout``, which lays its weights out (in, out) for the call
-and back). Last, the training step's FLOP/s against this machine's fp32 matmul rate.
+faster (qkv also compiled, and inside ``matvec_layout``, which lays its weights out (in, out)
+for the call and back). Last, the training step's FLOP/s against this machine's fp32 matmul rate.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import gc
 import json
 import os
 import sys
+import time
 import warnings
 
 import torch
@@ -74,11 +77,11 @@ def train_step(model, opt, window, hf: bool):
     opt.zero_grad(set_to_none=True)
 
 
-def generate(model, prompt, hf: bool, new: int = NEW):
+def generate(model, prompt, hf: bool, new: int = NEW, compile: bool = False):
     if hf:
         return model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                               eos_token_id=None, pad_token_id=0)
-    return model.generate(prompt, new, temperature=0)
+    return model.generate(prompt, new, temperature=0, compile=compile)
 
 
 def decode_matrices(model) -> list[torch.Tensor]:
@@ -130,6 +133,9 @@ def child(which: str, dropout: float) -> None:
             prompt = torch.randint(0, CONFIG["vocab_size"], (batch, PROMPT))
             generate(m, prompt, which == "hf", 16)  # first runs load code (resident too): not generation memory
             out[f"generate {batch}"] = measure(lambda: generate(m, prompt, which == "hf"))
+            if which == "qkv":
+                generate(m, prompt, False, 16, compile=True)  # compiles
+                out[f"generate {batch} compiled"] = measure(lambda: generate(m, prompt, False, compile=True))
     m.train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     x = torch.randint(0, CONFIG["vocab_size"], (BATCH, SEQ + 1))
@@ -170,8 +176,12 @@ def main() -> None:
             with matvec_layout(model):
                 out["qkv, matvec_layout"] = generate(model, prompt, False)
 
+        t0 = time.perf_counter()
+        generate(model, prompt, False, 16, compile=True)
+        compile_s = time.perf_counter() - t0
         fns = {"qkv": lambda: out.__setitem__("qkv", generate(model, prompt, False)),
-               "hf": lambda: out.__setitem__("hf", generate(hf, prompt, True))}
+               "hf": lambda: out.__setitem__("hf", generate(hf, prompt, True)),
+               "qkv compiled": lambda: out.__setitem__("qkv compiled", generate(model, prompt, False, compile=True))}
         if batch == 1:
             floor_fns, floor_bytes = floors(model)
             fns.update(floor_fns, **{"qkv, matvec_layout": qkv_inout})
@@ -184,6 +194,8 @@ def main() -> None:
             per_token = {name: s / (FLOOR_STEPS if name.startswith("floor") else NEW) for name, s in t.items()}
         rows.append((f"greedy tokens/s, batch {batch} ({'same tokens' if same else 'TOKENS DIFFER'})",
                      batch * NEW / t["qkv"], batch * NEW / t["hf"], f"generate {batch}"))
+        rows.append((f"  qkv compiled (compiling took {compile_s:.0f} s)",
+                     batch * NEW / t["qkv compiled"], batch * NEW / t["hf"], f"generate {batch} compiled"))
         print(f"timed generation at batch {batch}", flush=True)
 
     # training step (this changes the weights)
@@ -201,7 +213,7 @@ def main() -> None:
 
     print(f"\n{'':46s} {'qkv':>9s} {'HF':>9s} {'qkv/HF':>7s}   {'peak MiB: qkv':>13s} {'HF':>7s}")
     for label, ours, theirs, workload in rows:
-        m_ours, m_theirs = mem["qkv"][workload] / 2**20, mem["hf"][workload] / 2**20
+        m_ours, m_theirs = mem["qkv"][workload] / 2**20, mem["hf"][workload.removesuffix(" compiled")] / 2**20
         print(f"{label:46s} {ours:9.1f} {theirs:9.1f} {ours / theirs:6.2f}x   {m_ours:13.1f} {m_theirs:7.1f}")
 
     floor = min(per_token["floor (in, out)"], per_token["floor F.linear"])
@@ -211,6 +223,7 @@ def main() -> None:
                         ("floor F.linear", "floor: F.linear, weights (out, in)"),
                         ("qkv", "qkv generate"),
                         ("qkv, matvec_layout", "qkv generate in matvec_layout"),
+                        ("qkv compiled", "qkv generate, compile=True"),
                         ("hf", "HF generate")):
         ms = per_token[name] * 1e3
         print(f"  {label:38s} {ms:6.2f} ms/token  {floor_bytes / per_token[name] / 1e9:5.1f} GB/s"

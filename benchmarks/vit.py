@@ -6,7 +6,9 @@ one run, as ratios.
 
 For each config: inference images/s (eval, no_grad) and training images/s (forward +
 cross-entropy + backward + AdamW, through each library's own API), timed alternately
-(qkv, HF, qkv, HF, ...) so that a machine whose speed drifts treats both alike.
+(qkv, HF, qkv, HF, ...) so that a machine whose speed drifts treats both alike; the
+training step's FLOP/s as a share of the machine's fp32 matmul rate; and, on a CPU with
+native bf16 matmul (AMX, AVX512-BF16), training under bf16 autocast, both libraries alike.
 """
 from __future__ import annotations
 

@@ -88,7 +88,8 @@ def cmd_generate(args) -> int:
     decoder = StreamDecoder(tokenizer)
     sys.stdout.write(prompt)
     for token in stream(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, seed=args.seed):
+                        top_k=args.top_k, top_p=args.top_p, eos_token_id=eos, seed=args.seed,
+                        compile=args.compile):
         sys.stdout.write(decoder.push(int(token[0])))
         sys.stdout.flush()
     sys.stdout.write(decoder.flush() + "\n")
@@ -373,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
     s.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     s.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-text token")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token step: seconds to compile, faster tokens after (long outputs)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_generate)
 

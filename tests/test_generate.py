@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from qkv import GPT, GPTConfig
+from qkv.nn import Block
 from qkv.inference.generate import generate, matvec_layout, sample_next, stream
 
 
@@ -81,6 +82,30 @@ def test_cached_logits_match_the_full_forward(model):
     small = model.new_cache(2, max_len=4)
     with pytest.raises(ValueError, match="KV cache full: 0 \\+ 6 positions exceed its 4"):
         model(x[:, :6], cache=small)
+
+
+def test_one_step_is_the_forward_of_one_new_position(model):
+    """GPT.step (what decoding runs per token) gives the logits of forward with the cache,
+    unpadded and left-padded, and advances the cache as forward does."""
+    x = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(0))
+    for mask in (None, torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1]])):
+        a, b = model.new_cache(2), model.new_cache(2)
+        with torch.no_grad():
+            model(x[:, :6], None if mask is None else mask[:, :6], cache=a)
+            model(x[:, :6], None if mask is None else mask[:, :6], cache=b)
+            full = model(x[:, 6:], mask, cache=a)[:, -1]
+            torch.testing.assert_close(model.step(x[:, 6], b, mask), full, atol=1e-5, rtol=1e-5)
+        assert a.length == b.length == 7
+    with pytest.raises(ValueError, match="pre-LN self-attention blocks only"):
+        Block(8, 2, norm_first=False).step(torch.zeros(1, 8), model.new_cache(1).layers[0])
+
+
+def test_compiled_decoding_gives_the_tokens_of_eager(model):
+    """compile=True runs GPT.step through torch.compile: the same tokens, left padding too."""
+    batch = torch.tensor([[5, 6, 7, 8], [0, 0, 3, 2]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    eager = generate(model, batch, 6, temperature=0, attention_mask=mask)
+    assert torch.equal(generate(model, batch, 6, temperature=0, attention_mask=mask, compile=True), eager)
 
 
 def test_left_padded_batch_matches_each_prompt_alone(model):

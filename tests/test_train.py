@@ -120,12 +120,28 @@ def test_config_errors_name_the_problem(data_root, tmp_path):
         run(tmp_path, "data.seq_len=64")
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
         run(tmp_path, name="fresh", resume=True)
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
-        run(tmp_path, "train.precision=bf16")
     with pytest.raises(ConfigError, match="--set expects key=value"):
         run(tmp_path, "train.max_steps")
     with pytest.raises(ConfigError, match="does not exist"):
         train(tmp_path / "nope.toml")
+
+
+def test_bf16_on_a_cpu_trains_under_autocast_where_it_multiplies_bf16_natively(monkeypatch):
+    """train.precision="bf16" on a CPU: autocast to bf16 where the CPU has AMX or AVX512-BF16
+    (matmuls come out bf16, the loss stays near fp32's), refused where it would emulate bf16."""
+    import qkv.train.trainer as trainer
+
+    x, w = torch.randn(4, 8), torch.randn(8, 8)
+    monkeypatch.setattr(trainer, "cpu_has_bf16_matmul", lambda: True)
+    with trainer.autocast_context("bf16", torch.device("cpu"))():
+        y = x @ w
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), x @ w, atol=0.1, rtol=0.02)
+    with trainer.autocast_context("auto", torch.device("cpu"))():
+        assert (x @ w).dtype == torch.float32  # auto keeps CPU runs fp32
+    monkeypatch.setattr(trainer, "cpu_has_bf16_matmul", lambda: False)
+    with pytest.raises(ConfigError, match="slower than fp32: it has neither AMX nor AVX512-BF16"):
+        trainer.autocast_context("bf16", torch.device("cpu"))
 
 
 def test_bpe_preset_trains_its_tokenizer_on_the_training_split(data_root, tmp_path):

@@ -5,15 +5,18 @@ a KV cache; once prompt plus generated tokens exceed it, the model sees a slidin
 of its last ``block_size`` tokens (as nanoGPT does), recomputed for each new token.
 
 Decoding one token reads every weight matrix once for a row per sequence; the step is kept
-lean (a preallocated cache written in place, the last position's logits only, no autograd
-bookkeeping). ``matvec_layout`` lays the linear weights out (in, out) around generations,
-for CPUs whose BLAS streams one-row products much faster from that layout.
+lean (``model.step``: one position in the fewest calls, a preallocated cache written in place,
+no autograd bookkeeping), and ``compile=True`` runs it through torch.compile
+(``compiled_step``). ``matvec_layout`` lays the linear weights out (in, out) around
+generations, for CPUs whose BLAS streams one-row products much faster from that layout.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import mmap
+import warnings
+import weakref
 from typing import Iterator
 
 import torch
@@ -125,11 +128,40 @@ def matvec_layout(model: nn.Module) -> Iterator[None]:
         store_all(transposed=False)
 
 
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
+
+
+def compiled_step(model):
+    """``model.step`` through ``torch.compile`` (inductor; shapes dynamic, so one compilation
+    serves batch 1 and one every other batch size, at any cache length), made on first use
+    and kept while the model lives (not on it: copying or pickling the model is unaffected).
+    Compiling takes seconds to tens of seconds; it fuses each layer's small operations (norms,
+    the attention of one query, GELU, residual adds) into a few kernels and leaves one Python
+    call per token. The weights stay inputs of the compiled graph, not constants: training
+    the model further changes what it computes. Where compilation fails (no C++ compiler),
+    this warns and the eager step takes over."""
+    if model not in _COMPILED:
+        owner = weakref.ref(model)  # the compiled function must not keep the model alive
+        compiled = torch.compile(lambda *args: owner().step(*args), dynamic=True)
+
+        def step(*args):
+            try:
+                return compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as e:  # inductor too: no C++ compiler, unsupported op
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              "generating uncompiled")
+                _COMPILED[owner()] = owner().step
+                return owner().step(*args)
+
+        _COMPILED[model] = step
+    return _COMPILED[model]
+
+
 @torch.no_grad()
 def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            eos_token_id: int | None = None, seed: int | None = None,
-           use_cache: bool = True) -> Iterator[Tensor]:
+           use_cache: bool = True, compile: bool = False) -> Iterator[Tensor]:
     """Yield each new column of tokens (batch,) as it is produced.
 
     Prompts of different lengths go in one batch left-padded, with ``attention_mask``
@@ -137,6 +169,8 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
     token cost one position; past it, each token re-reads the last ``block_size`` tokens
     (``use_cache=False`` always does, and gives the same tokens). Stops after
     ``max_new_tokens`` or once every row has produced ``eos_token_id`` (then pads with it).
+    Each cached token is one ``model.step``; ``compile=True`` runs it compiled
+    (``compiled_step``): worth its compilation time over thousands of tokens.
     """
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
@@ -157,6 +191,7 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
         with torch.inference_mode():  # no autograd bookkeeping on the hot path
             return model.lm_head(model.forward_features(ids, attention_mask=mask, cache=cache)[:, -1])
 
+    decode = compiled_step(model) if compile else model.step
     model.eval()
     logits = next_logits(ids[:, :prompt_len], mask, cache)
     for step in range(max_new_tokens):
@@ -172,7 +207,8 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
         if cache is not None and n <= block_size:
-            logits = next_logits(ids[:, n - 1:n], mask, cache)
+            with torch.inference_mode():
+                logits = decode(ids[:, n - 1], cache, mask)
         else:  # past the context (or no cache): the last block_size tokens, from scratch
             window = mask[:, -block_size:] if mask is not None else None
             logits = next_logits(ids[:, max(0, n - block_size):n], window, None)

@@ -169,6 +169,24 @@ class GPT(nn.Module):
             cache.advance(T)
         return t.ln_f(x)
 
+    def step(self, tokens: Tensor, cache: KVCache, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (batch, vocab) for one new token per row, tokens (batch,), after the positions
+        ``cache`` holds; the cache is advanced. It computes ``forward(tokens[:, None],
+        attention_mask, cache=cache)[:, -1]`` in fewer calls: generation runs it once per token.
+        attention_mask: (batch, past + 1), as in ``forward_features``."""
+        past, t = cache.length, self.transformer
+        self.check_input(tokens[:, None], past)
+        cache.check_room(1)
+        if attention_mask is None:
+            x, mask = t.wte(tokens) + t.wpe.weight[past], None
+        else:
+            valid = attention_mask.bool()
+            x, mask = t.wte(tokens) + t.wpe(valid.sum(-1) - 1), valid[:, None, None, :]
+        for block, layer in zip(t.h, cache.layers):
+            x = block.step(x, layer, mask)
+        cache.advance(1)
+        return self.lm_head(t.ln_f(x))
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 labels: Tensor | None = None, cache: KVCache | None = None):
         """Logits (batch, time, vocab); with ``labels`` (batch, time: the token that follows

@@ -180,6 +180,16 @@ class MultiHeadAttention(nn.Module):
             v = self._rows(self.c_attn, context, slice(d, 2 * d))
         return self._heads(k), self._heads(v)
 
+    def step(self, x: Tensor, cache: LayerKV, mask: Tensor | None = None) -> Tensor:
+        """Self-attention of one new position per row, x (B, dim), over the positions ``cache``
+        holds and itself: ``forward(x[:, None], cache=cache, is_causal=True)[0][:, 0]`` in fewer
+        calls, for decoding, which runs it once per token and layer. mask: boolean (B, 1, 1,
+        past + 1), True = may attend (left padding); no weights are returned or captured."""
+        q, k, v = self.c_attn(x).view(x.size(0), 3, self.num_heads, 1, self.head_dim).unbind(1)
+        k, v = cache.update(k, v)  # (B, H, past + 1, D)
+        out, _ = scaled_dot_product_attention(q, k, v, mask, scale=self.scale)
+        return self.c_proj(out.view(x.shape))
+
     def forward(
         self,
         x: Tensor,

@@ -97,6 +97,16 @@ class Block(nn.Module):
         out, weights = sublayer(x)
         return norm(x + out), weights
 
+    def step(self, x: Tensor, cache, mask: Tensor | None = None) -> Tensor:
+        """One new position per row, x (B, dim), after the positions this layer's ``cache``
+        holds: ``forward(x[:, None], mask, is_causal=True, cache=cache)[0][:, 0]`` in fewer
+        calls, for decoding a pre-LN decoder-only stack (GPT), which runs it once per token and
+        layer. mask: boolean (B, 1, 1, past + 1), True = may attend."""
+        if not self.norm_first or hasattr(self, "crossattention"):
+            raise ValueError("Block.step decodes pre-LN self-attention blocks only; call forward with a cache")
+        x = x + self.attn.step(self.ln_1(x), cache, mask)
+        return x + self.mlp(self.ln_2(x))
+
     def forward(
         self,
         x: Tensor,
