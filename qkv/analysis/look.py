@@ -143,8 +143,13 @@ def query_looks(model, image, threshold: float = 0.5) -> tuple[dict, dict]:
         picked = [sampling.query(0, q) for q in found["queries"].tolist()]  # (L, M, K, 2), (L, M, K)
         looks = {"points": [p.flatten(0, 2).cpu() for p, _ in picked], "weights": [w.flatten().cpu() for _, w in picked]}
     else:
-        with capture(model, f"{last}.crossattention") as seen:
-            found = detections(model, model(pixels), threshold)[0]
-        grid = model.backbone.forward_stages(pixels)[-1].shape[-2:]
+        grids = []  # the feature grid (h, w) the keys come from, seen as the forward makes it
+        hook = model.input_projection.register_forward_hook(lambda module, args, out: grids.append(out.shape[-2:]))
+        try:
+            with capture(model, f"{last}.crossattention") as seen:
+                found = detections(model, model(pixels), threshold)[0]
+        finally:
+            hook.remove()
+        grid = grids[0]
         looks = {"maps": seen.maps()[0][0].mean(0)[found["queries"]].reshape(-1, *grid).cpu()}
     return {k: v.cpu() for k, v in found.items()}, looks

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import ACTIVATIONS, FeedForward, MultiHeadAttention, MultiScaleDeformableAttention, hidden_layer
+from ..nn import ACTIVATIONS, DeformableDecoderLayer, DeformableEncoderLayer, MultiScaleDeformableAttention
 from ..nn import sine_positions_2d
 from .detection import MLP, FocalSetCriterion
 from .detr import BACKBONE_FIELDS, PRESETS as DETR_PRESETS, RESNET_50
@@ -147,47 +147,6 @@ def box_positions(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tens
     return torch.stack((t[..., 0::2].sin(), t[..., 1::2].cos()), dim=-1).flatten(2)
 
 
-@hidden_layer
-class EncoderLayer(nn.Module):
-    """x = LN(x + MSDeformAttn(x + pos, x)), x = LN(x + FFN(x))."""
-
-    def __init__(self, c: DeformableDETRConfig):
-        super().__init__()
-        d = c.d_model
-        self.self_attn = MultiScaleDeformableAttention(d, c.encoder_attention_heads, c.num_feature_levels,
-                                                       c.encoder_n_points)
-        self.self_attn_layer_norm, self.final_layer_norm = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.mlp = FeedForward(d, c.encoder_ffn_dim, act=c.activation_function, dropout=c.dropout)
-        self.dropout = nn.Dropout(c.dropout)
-
-    def forward(self, x: Tensor, pos: Tensor, reference_points: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
-        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x + pos, x, reference_points, shapes)))
-        return self.final_layer_norm(x + self.mlp(x))
-
-
-@hidden_layer
-class DecoderLayer(nn.Module):
-    """Self-attention among the queries (positions in queries and keys, not values), then
-    x = LN(x + MSDeformAttn(x + pos, memory)), x = LN(x + FFN(x))."""
-
-    def __init__(self, c: DeformableDETRConfig):
-        super().__init__()
-        d = c.d_model
-        self.self_attn = MultiHeadAttention(d, c.decoder_attention_heads, dropout=c.dropout)
-        self.encoder_attn = MultiScaleDeformableAttention(d, c.decoder_attention_heads, c.num_feature_levels,
-                                                          c.decoder_n_points)
-        self.self_attn_layer_norm, self.encoder_attn_layer_norm, self.final_layer_norm = (nn.LayerNorm(d)
-                                                                                          for _ in range(3))
-        self.mlp = FeedForward(d, c.decoder_ffn_dim, act=c.activation_function, dropout=c.dropout)
-        self.dropout = nn.Dropout(c.dropout)
-
-    def forward(self, x: Tensor, pos: Tensor, memory: Tensor, reference_points: Tensor,
-                shapes: list[tuple[int, int]]) -> Tensor:
-        x = self.self_attn_layer_norm(x + self.self_attn(x, pos=pos)[0])
-        x = self.encoder_attn_layer_norm(x + self.dropout(self.encoder_attn(x + pos, memory, reference_points, shapes)))
-        return self.final_layer_norm(x + self.mlp(x))
-
-
 class DeformableDETR(nn.Module):
     config_class = DeformableDETRConfig
     model_type = "deformable_detr"
@@ -205,8 +164,13 @@ class DeformableDETR(nn.Module):
                                                  nn.GroupNorm(32, d)))
         self.level_embed = nn.Parameter(torch.empty(c.num_feature_levels, d))
         self.encoder, self.decoder = nn.Module(), nn.Module()
-        self.encoder.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
-        self.decoder.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
+        levels, act, drop = c.num_feature_levels, c.activation_function, c.dropout
+        self.encoder.layers = nn.ModuleList(
+            DeformableEncoderLayer(d, c.encoder_attention_heads, levels, c.encoder_n_points, c.encoder_ffn_dim, act, drop)
+            for _ in range(c.encoder_layers))
+        self.decoder.layers = nn.ModuleList(
+            DeformableDecoderLayer(d, c.decoder_attention_heads, levels, c.decoder_n_points, c.decoder_ffn_dim, act, drop)
+            for _ in range(c.decoder_layers))
         if c.two_stage:  # proposals from the encoder's pixels, embedded as queries
             self.enc_output, self.enc_output_norm = nn.Linear(d, d), nn.LayerNorm(d)
             self.pos_trans, self.pos_trans_norm = nn.Linear(2 * d, 2 * d), nn.LayerNorm(2 * d)

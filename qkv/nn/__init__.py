@@ -2,7 +2,8 @@
 from .attention import KVCache, MultiHeadAttention, scaled_dot_product_attention
 from .blocks import ACTIVATIONS, Block, FeedForward
 from .capture import Captured, capture, hidden_layer, layer_names
-from .deformable import MultiScaleDeformableAttention, Sampling, capture_sampling, multi_scale_deformable_attention
+from .deformable import (DeformableDecoderLayer, DeformableEncoderLayer, MultiScaleDeformableAttention, Sampling,
+                         capture_sampling, multi_scale_deformable_attention)
 from .masks import causal_mask, combine, padding_mask
 from .position import SinusoidalPositions, interpolate_grid, sine_positions_2d, sinusoidal_table
 from .windows import partition, relative_position_index, shifted_window_mask, unpartition
@@ -12,5 +13,6 @@ __all__ = [
     "capture", "causal_mask", "combine", "hidden_layer", "interpolate_grid", "layer_names", "padding_mask", "partition",
     "relative_position_index", "scaled_dot_product_attention", "shifted_window_mask", "sine_positions_2d",
     "sinusoidal_table", "unpartition",
-    "MultiScaleDeformableAttention", "Sampling", "capture_sampling", "multi_scale_deformable_attention",
+    "DeformableDecoderLayer", "DeformableEncoderLayer", "MultiScaleDeformableAttention", "Sampling", "capture_sampling",
+    "multi_scale_deformable_attention",
 ]

@@ -40,6 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import MultiHeadAttention
+from .blocks import FeedForward
+from .capture import hidden_layer
+
 
 def multi_scale_deformable_attention(value: Tensor, spatial_shapes: Sequence[tuple[int, int]],
                                      locations: Tensor, weights: Tensor) -> Tensor:
@@ -139,6 +143,47 @@ class MultiScaleDeformableAttention(nn.Module):
         if self.captured is not None:
             self.captured.append(Sampling(locations.detach(), weights.detach()))
         return self.output_proj(multi_scale_deformable_attention(v, shapes, locations, weights))
+
+
+@hidden_layer
+class DeformableEncoderLayer(nn.Module):
+    """Deformable DETR's encoder layer (post-LN): x = LN(x + MSDeformAttn(x + pos, x)),
+    x = LN(x + FFN(x)); each pixel of every level samples ``points`` points per head and level."""
+
+    def __init__(self, dim: int, heads: int, levels: int, points: int, ffn_dim: int, act: str = "relu",
+                 dropout: float = 0.0):
+        super().__init__()
+        self.self_attn = MultiScaleDeformableAttention(dim, heads, levels, points)
+        self.self_attn_layer_norm, self.final_layer_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, ffn_dim, act=act, dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, reference_points: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x + pos, x, reference_points, shapes)))
+        return self.final_layer_norm(x + self.mlp(x))
+
+
+@hidden_layer
+class DeformableDecoderLayer(nn.Module):
+    """Deformable DETR's decoder layer: self-attention among the queries (positions in
+    queries and keys, not values), then x = LN(x + MSDeformAttn(x + pos, memory)),
+    x = LN(x + FFN(x))."""
+
+    def __init__(self, dim: int, heads: int, levels: int, points: int, ffn_dim: int, act: str = "relu",
+                 dropout: float = 0.0):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(dim, heads, dropout=dropout)
+        self.encoder_attn = MultiScaleDeformableAttention(dim, heads, levels, points)
+        self.self_attn_layer_norm, self.encoder_attn_layer_norm, self.final_layer_norm = (nn.LayerNorm(dim)
+                                                                                          for _ in range(3))
+        self.mlp = FeedForward(dim, ffn_dim, act=act, dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, memory: Tensor, reference_points: Tensor,
+                shapes: list[tuple[int, int]]) -> Tensor:
+        x = self.self_attn_layer_norm(x + self.self_attn(x, pos=pos)[0])
+        x = self.encoder_attn_layer_norm(x + self.dropout(self.encoder_attn(x + pos, memory, reference_points, shapes)))
+        return self.final_layer_norm(x + self.mlp(x))
 
 
 @contextlib.contextmanager
