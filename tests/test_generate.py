@@ -57,6 +57,10 @@ def test_bad_requests_are_named(model):
     assert generate(model, torch.ones(1, 2, dtype=torch.long), 0).tolist() == [[1, 1]]
     with pytest.raises(ValueError, match="non-empty prompt"):
         generate(model, torch.ones(1, 0, dtype=torch.long), 1)
+    trunk = GPT(GPTConfig(vocab_size=40, block_size=12, n_layer=1, n_head=2, n_embd=8, lm_head_size=0,
+                          tie_word_embeddings=False))
+    with pytest.raises(ValueError, match="this model has no head"):
+        generate(trunk, torch.ones(1, 2, dtype=torch.long), 1)
 
 
 def test_generation_stops_at_end_of_text(model):

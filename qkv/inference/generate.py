@@ -177,6 +177,7 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     block_size = model.config.block_size
     check_prompt(input_ids, attention_mask, block_size)
+    model.check_head()
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     batch, prompt_len = input_ids.shape

@@ -187,13 +187,16 @@ class GPT(nn.Module):
         cache.advance(1)
         return self.lm_head(t.ln_f(x))
 
+    def check_head(self) -> None:
+        if self.lm_head is None:
+            raise ValueError("this model has no head (lm_head_size=0: a trunk, e.g. from an ImageGPTModel "
+                             "checkpoint); use forward_features for its hidden states")
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 labels: Tensor | None = None, cache: KVCache | None = None):
         """Logits (batch, time, vocab); with ``labels`` (batch, time: the token that follows
         each position, already shifted; -100 = ignore), returns (logits, mean cross-entropy)."""
-        if self.lm_head is None:
-            raise ValueError("this model has no head (lm_head_size=0: a trunk, e.g. from an ImageGPTModel "
-                             "checkpoint); use forward_features for its hidden states")
+        self.check_head()
         h = self.forward_features(input_ids, attention_mask, cache=cache)
         logits = self.lm_head(h)
         if labels is None:
