@@ -44,7 +44,8 @@ class TrainConfig:
     compile: bool = False            # torch.compile the model
     strategy: str = "ddp"            # with several processes: ddp (replicas) | fsdp (FSDP2 shards)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    precision: str = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CUDA, or a CPU with AMX / AVX512-BF16)
+    precision: str = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32
+                                     # | bf16 (CUDA, or a CPU with AMX or AVX512-BF16)
     nonfinite: str = "stop"          # a NaN/inf loss or gradient: stop (keep the last checkpoint)
                                      # | skip (drop that step's update; see Trainer)
 
