@@ -1,9 +1,11 @@
+import warnings
+
 import pytest
 import torch
 
 from qkv import GPT, GPTConfig
-from qkv.nn import Block
 from qkv.inference.generate import generate, matvec_layout, sample_next, stream
+from qkv.nn import Block
 
 
 @pytest.fixture
@@ -110,6 +112,23 @@ def test_compiled_decoding_gives_the_tokens_of_eager(model):
     mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
     eager = generate(model, batch, 6, temperature=0, attention_mask=mask)
     assert torch.equal(generate(model, batch, 6, temperature=0, attention_mask=mask, compile=True), eager)
+
+
+def test_compiled_decoding_falls_back_to_eager_where_compilation_fails(model, monkeypatch):
+    """A machine without a C++ compiler: one warning, then the eager step's tokens."""
+    def broken(fn, **options):
+        def call(*args):
+            raise torch._dynamo.exc.BackendCompilerFailed(fn, RuntimeError("no C++ compiler found"), None)
+        return call
+
+    prompt = torch.tensor([[5, 6, 7]])
+    eager = generate(model, prompt, 6, temperature=0)
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler found\)"):
+        assert torch.equal(generate(model, prompt, 6, temperature=0, compile=True), eager)
+    with warnings.catch_warnings():  # eager from now on: no second warning
+        warnings.simplefilter("error")
+        assert torch.equal(generate(model, prompt, 6, temperature=0, compile=True), eager)
 
 
 def test_left_padded_batch_matches_each_prompt_alone(model):

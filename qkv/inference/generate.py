@@ -128,7 +128,7 @@ def matvec_layout(model: nn.Module) -> Iterator[None]:
         store_all(transposed=False)
 
 
-_COMPILED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, object] = weakref.WeakKeyDictionary()
 
 
 def compiled_step(model):
@@ -148,13 +148,14 @@ def compiled_step(model):
             try:
                 return compiled(*args)
             except torch._dynamo.exc.TorchDynamoException as e:  # inductor too: no C++ compiler, unsupported op
-                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                cause = getattr(e, "inner_exception", e)  # what the backend raised, e.g. no C++ compiler
+                warnings.warn(f"torch.compile failed ({type(cause).__name__}: {' '.join(str(cause).split())[:300]}); "
                               "generating uncompiled")
-                _COMPILED[owner()] = owner().step
+                _COMPILED[owner()] = None  # eager from now on (a bound method here would keep the model alive)
                 return owner().step(*args)
 
         _COMPILED[model] = step
-    return _COMPILED[model]
+    return _COMPILED[model] or model.step
 
 
 @torch.no_grad()
