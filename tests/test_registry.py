@@ -11,6 +11,7 @@ import qkv
 import qkv.models
 from qkv import data
 from qkv.cli import main
+from qkv.config import merged
 from qkv.errors import ConfigError
 from qkv.models.images import ImageClassifier, ImageConfig
 from qkv.tasks import TASKS
@@ -30,6 +31,19 @@ def test_build_a_preset_or_a_kind_with_overrides():
     assert isinstance(gpt, qkv.GPT) and len(gpt.transformer.h) == 1 and gpt.config.n_embd == 32
     with pytest.raises(ConfigError, match=r"unknown config key \[model\] n_layers; valid keys in \[model\]"):
         qkv.models.build("gpt", n_layers=1)
+
+
+def test_a_table_in_model_overrides_merges_into_the_presets_table():
+    """[model.backbone] depths = [...] over detr-96-small changes the depths and keeps the
+    preset's other backbone fields (not ResNet-50's defaults in their place)."""
+    preset = qkv.models.PRESETS["detr-96-small"][1]["backbone"]
+    section = {"preset": "detr-96-small", "backbone": {"depths": [1, 1, 1]}}
+    c = qkv.models.from_section(section, "object_detector", default="detr").config
+    assert c.backbone["depths"] == [1, 1, 1]
+    assert {k: c.backbone[k] for k in preset if k != "depths"} == {k: v for k, v in preset.items() if k != "depths"}
+    assert qkv.models.build("detr-96-small", backbone={"depths": [1, 1, 1]}).config.backbone == c.backbone
+    assert merged({"a": {"x": 1, "y": 2}, "b": [1]}, {"a": {"y": 3}, "b": [2], "c": 4}) == \
+        {"a": {"x": 1, "y": 3}, "b": [2], "c": 4}  # tables merge; lists and other values replace
 
 
 def test_an_unknown_name_lists_the_kinds_and_presets():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import from_dict
+from ..config import from_dict, merged
 from ..errors import ConfigError
 from .baselines import LSTMSeq2Seq, LSTMSeq2SeqConfig
 from .bert import BERT, BERTConfig
@@ -68,10 +68,11 @@ def resolve(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def build(kind_or_preset: str, **overrides):
-    """A freshly initialised model of a kind or preset, with ``overrides`` on its config."""
+    """A freshly initialised model of a kind or preset, with ``overrides`` on its config
+    (a table such as DETR's ``backbone`` is merged into the preset's, key by key)."""
     kind, values = resolve(kind_or_preset)
     cls = MODELS[kind]
-    return cls(from_dict(cls.config_class, {**values, **overrides}, where="model"))
+    return cls(from_dict(cls.config_class, merged(values, overrides), where="model"))
 
 
 def from_config(config: dict[str, Any]):
@@ -109,7 +110,7 @@ def from_section(section: dict[str, Any], role: str, *, default: str, data: dict
     if clash:
         raise ConfigError(f"[model] sets {', '.join(f'{k}={v!r}' for k, v in clash.items())}, but the data "
                           f"dictates {', '.join(f'{k}={fixed[k]!r}' for k in clash)}: remove those keys")
-    return build(model_type, **{**values, **data, **cfg, **fixed})
+    return build(model_type, **merged(merged(merged(values, data), cfg), fixed))
 
 
 __all__ = ["BERT", "BERTConfig", "DETR", "DETRConfig", "DeformableDETR", "DeformableDETRConfig", "GPT", "GPTConfig",
