@@ -5,7 +5,7 @@ import torch
 
 from qkv import GPT, GPTConfig
 from qkv.inference.generate import generate, matvec_layout, sample_next, stream
-from qkv.nn import Block
+from qkv.nn import Block, MultiHeadAttention
 
 
 @pytest.fixture
@@ -104,6 +104,8 @@ def test_one_step_is_the_forward_of_one_new_position(model):
         assert a.length == b.length == 7
     with pytest.raises(ValueError, match="pre-LN self-attention blocks only"):
         Block(8, 2, norm_first=False).step(torch.zeros(1, 8), model.new_cache(1).layers[0])
+    with pytest.raises(ValueError, match="step is self-attention"):
+        MultiHeadAttention(8, 2, cross=True).step(torch.zeros(1, 8), model.new_cache(1).layers[0])
 
 
 def test_compiled_decoding_gives_the_tokens_of_eager(model):

@@ -185,6 +185,9 @@ class MultiHeadAttention(nn.Module):
         holds and itself: ``forward(x[:, None], cache=cache, is_causal=True)[0][:, 0]`` in fewer
         calls, for decoding, which runs it once per token and layer. mask: boolean (B, 1, 1,
         past + 1), True = may attend (left padding); no weights are returned or captured."""
+        if self.cross:
+            raise ValueError("MultiHeadAttention.step is self-attention; cross-attention decodes through "
+                             "forward with kv=context_kv(...)")
         q, k, v = self.c_attn(x).view(x.size(0), 3, self.num_heads, 1, self.head_dim).unbind(1)
         k, v = cache.update(k, v)  # (B, H, past + 1, D)
         out, _ = scaled_dot_product_attention(q, k, v, mask, scale=self.scale)
