@@ -136,13 +136,14 @@ def compiled_step(model):
     serves batch 1 and one every other batch size, at any cache length), made on first use
     and kept while the model lives (not on it: copying or pickling the model is unaffected).
     Compiling takes seconds to tens of seconds; it fuses each layer's small operations (norms,
-    the attention of one query, GELU, residual adds) into a few kernels and leaves one Python
-    call per token. The weights stay inputs of the compiled graph, not constants: training
-    the model further changes what it computes. Where compilation fails (no C++ compiler),
+    the attention of one query, GELU, residual adds) into a few kernels, and with inductor's
+    ``cpp_wrapper`` the code that calls them is C++ too, leaving one Python call per token.
+    The weights stay inputs of the compiled graph, not constants: training the model further
+    changes what it computes. Where compilation fails (no C++ compiler),
     this warns and the eager step takes over."""
     if model not in _COMPILED:
         owner = weakref.ref(model)  # the compiled function must not keep the model alive
-        compiled = torch.compile(lambda *args: owner().step(*args), dynamic=True)
+        compiled = torch.compile(lambda *args: owner().step(*args), dynamic=True, options={"cpp_wrapper": True})
 
         def step(*args):
             try:
@@ -210,7 +211,7 @@ def stream(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Ten
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
         if cache is not None and n <= block_size:
             with torch.inference_mode():
-                logits = decode(ids[:, n - 1], cache, mask)
+                logits = decode(nxt, cache, mask)
         else:  # past the context (or no cache): the last block_size tokens, from scratch
             window = mask[:, -block_size:] if mask is not None else None
             logits = next_logits(ids[:, max(0, n - block_size):n], window, None)
