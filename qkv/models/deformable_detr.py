@@ -40,15 +40,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import ACTIVATIONS, DeformableDecoderLayer, DeformableEncoderLayer, MultiScaleDeformableAttention
-from ..nn import sine_positions_2d
+from ..nn import box_positions, sine_positions_2d
+from ..nn.boxes import inverse_sigmoid, pixel_centres
 from .detection import MLP, FocalSetCriterion
-from .detr import BACKBONE_FIELDS, PRESETS as DETR_PRESETS, RESNET_50
+from .detr import PRESETS as DETR_PRESETS, RESNET_50, ResNetBackbone
 from .images import ImageConfig, check_pixels
-from .resnet import ResNet, ResNetConfig
+from .resnet import ResNet
 
 
 @dataclass
-class DeformableDETRConfig(ImageConfig):
+class DeformableDETRConfig(ResNetBackbone, ImageConfig):
     image_size: int = 800           # the side images are trained at (any size the backbone takes runs)
     num_channels: int = 3           # 1 = grey, 3 = RGB
     backbone: dict = field(default_factory=lambda: dict(RESNET_50))  # qkv ResNetConfig fields (BACKBONE_FIELDS)
@@ -94,11 +95,7 @@ class DeformableDETRConfig(ImageConfig):
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(f"activation_function must be one of {sorted(ACTIVATIONS)}, "
                              f"got {self.activation_function!r}")
-        unknown = sorted(set(self.backbone) - set(BACKBONE_FIELDS))
-        if unknown:
-            raise ValueError(f"backbone has unknown key(s) {', '.join(unknown)}; valid: {', '.join(BACKBONE_FIELDS)}")
-        resnet = self.backbone_config()
-        self.backbone = {k: getattr(resnet, k) for k in BACKBONE_FIELDS}
+        resnet = self.write_backbone_out()
         stages = self.backbone_stages
         if not stages or stages != sorted(set(stages)) or stages[0] < 0 or stages[-1] >= len(resnet.depths):
             raise ValueError(f"backbone_stages must be increasing indices of the backbone's {len(resnet.depths)} "
@@ -108,13 +105,6 @@ class DeformableDETRConfig(ImageConfig):
         if self.two_stage and not self.with_box_refine:
             raise ValueError("two_stage needs with_box_refine = true: its proposals are refined layer by layer")
         self.check_image_fields()
-
-    def backbone_config(self) -> ResNetConfig:
-        try:
-            return ResNetConfig(**{**self.backbone, "image_size": self.image_size, "num_channels": self.num_channels,
-                                   "num_labels": 0})
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"backbone: {e}") from None
 
 
 _SMALL = DETR_PRESETS["detr-96-small"]  # the same backbone, width, depth, heads and queries as detr-96-small
@@ -126,25 +116,6 @@ PRESETS = {
     "deformable-detr-96-small": dict(_SMALL, backbone=dict(_SMALL["backbone"]), backbone_stages=[1, 2],
                                      num_feature_levels=3),
 }
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def pixel_centres(h: int, w: int, device=None) -> Tensor:
-    """(h*w, 2): the (x, y) centre of each pixel of an h x w map, in [0, 1], row-major."""
-    y, x = torch.meshgrid((torch.arange(h, device=device) + 0.5) / h, (torch.arange(w, device=device) + 0.5) / w,
-                          indexing="ij")
-    return torch.stack((x.flatten(), y.flatten()), -1)
-
-
-def box_positions(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """Sine embedding (B, Q, 2*dim) of box logits (B, Q, 4) (two-stage): dim/2 channels per coordinate."""
-    n = dim // 2
-    t = boxes.sigmoid()[..., None] * 2 * math.pi / temperature ** (2 * (torch.arange(n, device=boxes.device) // 2) / n)
-    return torch.stack((t[..., 0::2].sin(), t[..., 1::2].cos()), dim=-1).flatten(2)
 
 
 class DeformableDETR(nn.Module):

@@ -44,8 +44,28 @@ BACKBONE_FIELDS = ("embedding_size", "hidden_sizes", "depths", "layer_type", "hi
 RESNET_50 = dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck")
 
 
+class ResNetBackbone:
+    """A detector config's ``backbone``: a table of BACKBONE_FIELDS, beside its own ``image_size``
+    and ``num_channels`` (DETR's and Deformable DETR's)."""
+
+    def backbone_config(self) -> ResNetConfig:
+        """The backbone's ResNetConfig (its fields type-checked): no head, the detector's image size and channels."""
+        unknown = sorted(set(self.backbone) - set(BACKBONE_FIELDS))
+        if unknown:
+            raise ValueError(f"backbone has unknown key(s) {', '.join(unknown)}; valid: {', '.join(BACKBONE_FIELDS)} "
+                             "(image_size, num_channels and labels are the detector's own)")
+        return from_dict(ResNetConfig, {**self.backbone, "image_size": self.image_size,
+                                        "num_channels": self.num_channels, "num_labels": 0}, where="backbone")
+
+    def write_backbone_out(self) -> ResNetConfig:
+        """Check ``backbone`` and write every field of it out, so that config.json says it all."""
+        resnet = self.backbone_config()
+        self.backbone = {k: getattr(resnet, k) for k in BACKBONE_FIELDS}
+        return resnet
+
+
 @dataclass
-class DETRConfig(ImageConfig):
+class DETRConfig(ResNetBackbone, ImageConfig):
     image_size: int = 800           # the side images are trained at (any size >= the backbone's stride runs)
     num_channels: int = 3           # 1 = grey, 3 = RGB
     backbone: dict = field(default_factory=lambda: dict(RESNET_50))  # qkv ResNetConfig fields (BACKBONE_FIELDS)
@@ -90,18 +110,8 @@ class DETRConfig(ImageConfig):
         if min(costs) < 0 or max(costs) == 0 or not 0 < self.eos_coefficient <= 1:
             raise ValueError(f"the matching costs must be >= 0 and not all 0 (got {costs}), and eos_coefficient in "
                              f"(0, 1] (got {self.eos_coefficient})")
-        unknown = sorted(set(self.backbone) - set(BACKBONE_FIELDS))
-        if unknown:
-            raise ValueError(f"backbone has unknown key(s) {', '.join(unknown)}; valid: {', '.join(BACKBONE_FIELDS)} "
-                             "(image_size, num_channels and labels are DETR's own)")
-        resnet = self.backbone_config()  # normalised: every field written out, so config.json says it all
-        self.backbone = {k: getattr(resnet, k) for k in BACKBONE_FIELDS}
+        self.write_backbone_out()
         self.check_image_fields()
-
-    def backbone_config(self) -> ResNetConfig:
-        """The backbone's ResNetConfig (its fields type-checked): no head, DETR's image size and channels."""
-        return from_dict(ResNetConfig, {**self.backbone, "image_size": self.image_size,
-                                        "num_channels": self.num_channels, "num_labels": 0}, where="backbone")
 
 
 PRESETS = {

@@ -5,12 +5,12 @@ from .capture import Captured, capture, hidden_layer, layer_names
 from .deformable import (DeformableDecoderLayer, DeformableEncoderLayer, MultiScaleDeformableAttention, Sampling,
                          capture_sampling, multi_scale_deformable_attention)
 from .masks import causal_mask, combine, padding_mask
-from .position import SinusoidalPositions, interpolate_grid, sine_positions_2d, sinusoidal_table
+from .position import SinusoidalPositions, box_positions, interpolate_grid, sine_positions_2d, sinusoidal_table
 from .windows import partition, relative_position_index, shifted_window_mask, unpartition
 
 __all__ = [
     "ACTIVATIONS", "Block", "Captured", "FeedForward", "KVCache", "MultiHeadAttention", "SinusoidalPositions",
-    "capture", "causal_mask", "combine", "hidden_layer", "interpolate_grid", "layer_names", "padding_mask", "partition",
+    "box_positions", "capture", "causal_mask", "combine", "hidden_layer", "interpolate_grid", "layer_names", "padding_mask", "partition",
     "relative_position_index", "scaled_dot_product_attention", "shifted_window_mask", "sine_positions_2d",
     "sinusoidal_table", "unpartition",
     "DeformableDecoderLayer", "DeformableEncoderLayer", "MultiScaleDeformableAttention", "Sampling", "capture_sampling",

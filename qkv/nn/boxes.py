@@ -3,7 +3,8 @@
 Two layouts: (cx, cy, w, h), the centre and size a DETR predicts, normalised to [0, 1] by
 the image size; and (x0, y0, x1, y1), the corners, in which areas and overlaps are computed.
 Functions take boxes in their last dimension (..., 4); the pairwise ones take (N, 4) and (M, 4)
-and return (N, M).
+and return (N, M). Deformable DETR predicts boxes around reference points in logit space
+(``inverse_sigmoid``), starting from pixel centres (``pixel_centres``).
 
 Generalized IoU is Rezatofighi et al. (2019), "Generalized Intersection over Union",
 Algorithm 1: GIoU(A, B) = IoU(A, B) - |C \\ (A u B)| / |C|, with C the smallest box that
@@ -58,3 +59,17 @@ def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     wh = (bottom_right - top_left).clamp(min=0)
     enclosing = wh[..., 0] * wh[..., 1]
     return inter / union - (enclosing - union) / enclosing
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """log(x / (1 - x)) of normalised coordinates x, clamped to [eps, 1 - eps] first: the logits
+    a refined box is predicted around (Deformable DETR, Appendix A.3)."""
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def pixel_centres(h: int, w: int, device=None) -> Tensor:
+    """(h*w, 2): the (x, y) centre of each pixel of an h x w map, in [0, 1], row-major."""
+    y, x = torch.meshgrid((torch.arange(h, device=device) + 0.5) / h, (torch.arange(w, device=device) + 0.5) / w,
+                          indexing="ij")
+    return torch.stack((x.flatten(), y.flatten()), -1)

@@ -6,7 +6,8 @@ PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
 Learned positions over a 2-D patch grid (ViT) move to another grid size by bicubic
 interpolation (``interpolate_grid``; Dosovitskiy et al. 2021, Section 3.2).
 Fixed 2-D sine positions of a (possibly padded) feature grid are DETR's
-(``sine_positions_2d``; Carion et al. 2020, Appendix A.3).
+(``sine_positions_2d``; Carion et al. 2020, Appendix A.3); two-stage Deformable DETR embeds
+its proposal boxes' coordinates the same way (``box_positions``).
 """
 from __future__ import annotations
 
@@ -101,3 +102,10 @@ def sine_positions_2d(mask: Tensor, dim: int, *, temperature: float = 10000.0, n
         return torch.stack((p[..., 0::2].sin(), p[..., 1::2].cos()), dim=4).flatten(3)
 
     return torch.cat((waves(y), waves(x)), dim=3).permute(0, 3, 1, 2)
+
+
+def box_positions(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """Sine embedding (B, Q, 2*dim) of box logits (B, Q, 4) (two-stage): dim/2 channels per coordinate."""
+    n = dim // 2
+    t = boxes.sigmoid()[..., None] * 2 * math.pi / temperature ** (2 * (torch.arange(n, device=boxes.device) // 2) / n)
+    return torch.stack((t[..., 0::2].sin(), t[..., 1::2].cos()), dim=-1).flatten(2)
