@@ -102,3 +102,15 @@ def test_bad_input_is_a_clear_error(tmp_path):
     hf_model("mlm", tmp_path, position_embedding_type="relative_key")
     with pytest.raises(ConfigError, match="absolute positions"):
         qkv.from_hf(tmp_path)
+
+
+def test_a_checkpoint_missing_a_projection_is_named(tmp_path):
+    import safetensors.torch
+
+    hf_model("none", tmp_path)
+    weights = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    name = next(k for k in weights if k.endswith("layer.1.attention.self.key.weight"))
+    del weights[name]
+    safetensors.torch.save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=f"the checkpoint lacks {name.removeprefix('bert.')}"):
+        qkv.from_hf(tmp_path)

@@ -9,13 +9,12 @@ BertForSequenceClassification -> ``classifier``, BertModel -> ``none``.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.bert import BERT, BERTConfig
 from ..nn import ACTIVATIONS
-from .hf import GENERIC_CONFIG_KEYS
+from .hf import GENERIC_CONFIG_KEYS, joined
 
 MODEL_TYPE = "bert"
 # Block name -> Hugging Face name, inside encoder.layer.N.
@@ -81,8 +80,7 @@ def state_dict_from_hf(sd: dict[str, Tensor], c: BERTConfig) -> dict[str, Tensor
     for i in range(c.num_hidden_layers):
         p = f"encoder.layer.{i}."
         for kind in ("weight", "bias"):
-            parts = [sd.pop(f"{p}attention.self.{n}.{kind}") for n in QKV]
-            out[f"{p}attn.c_attn.{kind}"] = torch.cat(parts, dim=0)
+            out[f"{p}attn.c_attn.{kind}"] = joined(sd, [f"{p}attention.self.{n}.{kind}" for n in QKV])
             for ours, theirs in LAYER_RENAMES.items():
                 out[f"{p}{ours}.{kind}"] = sd.pop(f"{p}{theirs}.{kind}")
     if c.head == "mlm":

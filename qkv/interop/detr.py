@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..files import atomic_write_text
 from ..models.detr import BACKBONE_FIELDS, DETR, DETRConfig
 from . import resnet, vit
-from .hf import GENERIC_CONFIG_KEYS, labels_from_hf, labels_to_hf
+from .hf import GENERIC_CONFIG_KEYS, joined, labels_from_hf, labels_to_hf
 
 MODEL_TYPE = "detr"
 MAPPED = ("num_channels", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
@@ -129,10 +129,7 @@ def state_dict_from_hf(sd: dict[str, Tensor], c: DETRConfig) -> dict[str, Tensor
     for ours, prefix, parts in _joins(c):
         for kind in ("weight", "bias"):
             names = [f"{prefix}{p}.{kind}" for p in parts]
-            missing = [n for n in names if n not in legacy]
-            if missing:
-                raise ConfigError(f"the checkpoint lacks {', '.join(missing)}")
-            out[f"{ours}.{kind}"] = torch.cat([legacy.pop(n) for n in names])
+            out[f"{ours}.{kind}"] = joined(legacy, names)
     for name, t in legacy.items():
         ours = BACKBONE_QKV + name[len(BACKBONE_HF):] if name.startswith(BACKBONE_HF) else _rename(name, FORWARD)
         if ours is None:

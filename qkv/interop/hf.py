@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..files import atomic_write, atomic_write_text, read_json
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 SAFETENSORS, SHARD_INDEX, PICKLE = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 
@@ -71,3 +71,13 @@ def labels_from_hf(hf_config: dict) -> list[str]:
 
 def labels_to_hf(names: list[str]) -> dict:
     return {"id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def joined(sd: dict[str, Tensor], names: list[str]) -> Tensor:
+    """The tensors ``names`` of a checkpoint (a layer's separate query, key and value
+    projections) taken out of ``sd`` and concatenated along dim 0: qkv's fused ``c_attn``.
+    One that is missing is an error naming it."""
+    missing = [n for n in names if n not in sd]
+    if missing:
+        raise ConfigError(f"the checkpoint lacks {', '.join(missing)}")
+    return torch.cat([sd.pop(n) for n in names])

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.transformer import Transformer, TransformerConfig
 from ..nn import ACTIVATIONS
-from .hf import GENERIC_CONFIG_KEYS
+from .hf import GENERIC_CONFIG_KEYS, joined
 
 MODEL_TYPE = "marian"
 MAPPED = {
@@ -101,8 +101,8 @@ def state_dict_from_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
                 if side == "encoder" and ours.startswith(("crossattention", "ln_cross")):
                     continue
                 for p in ("weight", "bias"):
-                    out[f"{side}.layers.{i}.{ours}.{p}"] = torch.cat(
-                        [sd[f"model.{side}.layers.{i}.{t}.{p}"] for t in theirs])
+                    names = [f"model.{side}.layers.{i}.{t}.{p}" for t in theirs]
+                    out[f"{side}.layers.{i}.{ours}.{p}"] = joined(sd, names)
     return out
 
 

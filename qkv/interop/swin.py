@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.swin import Swin, SwinConfig
 from ..nn import ACTIVATIONS
-from .hf import GENERIC_CONFIG_KEYS, labels_from_hf, labels_to_hf
+from .hf import GENERIC_CONFIG_KEYS, joined, labels_from_hf, labels_to_hf
 from .vit import read_preprocessor, write_preprocessor  # noqa: F401 (the preprocessor is ViT's)
 
 MODEL_TYPE = "swin"
@@ -120,10 +120,7 @@ def state_dict_from_hf(sd: dict[str, Tensor], c: SwinConfig) -> dict[str, Tensor
                 if kind == "bias" and not c.qkv_bias:
                     out[f"layers.{s}.blocks.{i}.attn.c_attn.bias"] = torch.zeros(3 * (c.embed_dim << s))
                     continue
-                missing = [n for n in names if n not in out]
-                if missing:
-                    raise ConfigError(f"the checkpoint lacks {', '.join(missing)}")
-                out[f"layers.{s}.blocks.{i}.attn.c_attn.{kind}"] = torch.cat([out.pop(n) for n in names])
+                out[f"layers.{s}.blocks.{i}.attn.c_attn.{kind}"] = joined(out, names)
     return out
 
 

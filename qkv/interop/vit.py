@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..files import atomic_write_text, read_json
 from ..models.vit import ViT, ViTConfig
 from ..nn import ACTIVATIONS
-from .hf import GENERIC_CONFIG_KEYS, labels_from_hf, labels_to_hf
+from .hf import GENERIC_CONFIG_KEYS, joined, labels_from_hf, labels_to_hf
 
 MODEL_TYPE = "vit"
 PREPROCESSOR = "preprocessor_config.json"
@@ -102,10 +102,7 @@ def state_dict_from_hf(sd: dict[str, Tensor], c: ViTConfig) -> dict[str, Tensor]
             if kind == "bias" and not c.qkv_bias:
                 out[f"layers.{i}.attn.c_attn.bias"] = torch.zeros(3 * c.hidden_size)
                 continue
-            missing = [n for n in names if n not in sd]
-            if missing:
-                raise ConfigError(f"the checkpoint lacks {', '.join(missing)}")
-            out[f"layers.{i}.attn.c_attn.{kind}"] = torch.cat([sd[n] for n in names])
+            out[f"layers.{i}.attn.c_attn.{kind}"] = joined(sd, names)
     return out
 
 
