@@ -139,8 +139,8 @@ def compiled_step(model):
     the attention of one query, GELU, residual adds) into a few kernels, and with inductor's
     ``cpp_wrapper`` the code that calls them is C++ too, leaving one Python call per token.
     The weights stay inputs of the compiled graph, not constants: training the model further
-    changes what it computes. Where compilation fails (no C++ compiler),
-    this warns and the eager step takes over."""
+    changes what it computes. Where compilation fails (no C++ compiler), this warns and the
+    eager step takes over."""
     if model not in _COMPILED:
         owner = weakref.ref(model)  # the compiled function must not keep the model alive
         compiled = torch.compile(lambda *args: owner().step(*args), dynamic=True, options={"cpp_wrapper": True})

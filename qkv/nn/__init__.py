@@ -10,9 +10,9 @@ from .windows import partition, relative_position_index, shifted_window_mask, un
 
 __all__ = [
     "ACTIVATIONS", "Block", "Captured", "FeedForward", "KVCache", "MultiHeadAttention", "SinusoidalPositions",
-    "box_positions", "capture", "causal_mask", "combine", "hidden_layer", "interpolate_grid", "layer_names", "padding_mask", "partition",
-    "relative_position_index", "scaled_dot_product_attention", "shifted_window_mask", "sine_positions_2d",
-    "sinusoidal_table", "unpartition",
+    "box_positions", "capture", "causal_mask", "combine", "hidden_layer", "interpolate_grid", "layer_names",
+    "padding_mask", "partition", "relative_position_index", "scaled_dot_product_attention", "shifted_window_mask",
+    "sine_positions_2d", "sinusoidal_table", "unpartition",
     "DeformableDecoderLayer", "DeformableEncoderLayer", "MultiScaleDeformableAttention", "Sampling", "capture_sampling",
     "multi_scale_deformable_attention",
 ]
