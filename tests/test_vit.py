@@ -80,6 +80,22 @@ def test_save_hf_round_trips(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_save_hf_refuses_a_qkv_bias_it_would_drop(tmp_path):
+    config = qkv.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, num_labels=4, qkv_bias=False)
+    model = perturbed(qkv.ViT(config))  # the frozen Q, K, V bias made non-zero
+    with pytest.raises(qkv.config.ConfigError, match="qkv_bias=false, but layers.0.attn.c_attn.bias is not zero"):
+        model.save_hf(tmp_path)
+    with torch.no_grad():
+        for block in model.layers:
+            block.attn.c_attn.bias.zero_()  # as training leaves it (frozen at zero)
+    model.save_hf(tmp_path)
+    hf = transformers.AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max() <= 1e-4
+
+
 def test_save_load_round_trip_bit_for_bit(tmp_path):
     config = qkv.ViTConfig(**{**qkv.models.vit.PRESETS["vit-28-tiny"], "class_names": list("abcdefghij")})
     model = perturbed(qkv.ViT(config))

@@ -116,6 +116,8 @@ def state_dict_to_hf(model: ViT) -> dict[str, Tensor]:
         m = re.match(r"layers\.(\d+)\.attn\.c_attn\.(weight|bias)$", name)
         if m:
             if m.group(2) == "bias" and not c.qkv_bias:
+                if t.any():
+                    raise ConfigError(f"qkv_bias=false, but {name} is not zero: Hugging Face's ViT would drop it")
                 continue
             for part, chunk in zip(PARTS, t.chunk(3)):
                 out[f"{prefix}{QKV.format(i=m.group(1), part=part)}.{m.group(2)}"] = chunk
