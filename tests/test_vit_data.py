@@ -9,7 +9,7 @@ import pytest
 
 from qkv import data
 from qkv.data import DataError
-from qkv.data.images import load_split, read_idx, read_meta
+from qkv.data.images import channel_stats, load_split, read_idx, read_meta
 from qkv.data.mnist import read_arrays
 
 from .conftest import FIXTURES
@@ -62,3 +62,13 @@ def test_mnist_pickle_refuses_anything_but_arrays(tmp_path):
     file.write_bytes(gzip.compress(buf.getvalue()))
     with pytest.raises(DataError, match="784 pixels"):
         read_arrays(file)
+
+
+def test_channel_stats_by_hand():
+    grey = np.array([[[0, 255], [255, 0]]], dtype=np.uint8)  # (1, 2, 2): two 0s and two 1s
+    assert channel_stats(grey) == ([0.5], [round(0.5773502691896258, 4)])  # std with n - 1: sqrt(1/3)
+    rgb = np.zeros((2, 1, 1, 3), dtype=np.uint8)
+    rgb[0, 0, 0] = [0, 51, 255]
+    rgb[1, 0, 0] = [0, 153, 255]  # channel means 0, 0.4, 1; only green varies (0.2 and 0.6)
+    mean, std = channel_stats(rgb)
+    assert mean == [0.0, 0.4, 1.0] and std == [0.0, round(0.2 * 2 ** 0.5, 4), 0.0]

@@ -80,6 +80,14 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         return z["images"], z["labels"]
 
 
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images (N, H, W[, C]) scaled to [0, 1],
+    rounded to 4 places: the ``image_mean`` and ``image_std`` a model's config normalises with."""
+    x = torch.from_numpy(images).float().div_(255)
+    mean, std = x.mean((0, 1, 2)).reshape(-1), x.std((0, 1, 2)).reshape(-1)  # one value for grey
+    return [round(m, 4) for m in mean.tolist()], [round(s, 4) for s in std.tolist()]
+
+
 def to_pixels(images: np.ndarray | torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (N, H, W[, C]) -> normalised float (N, C, H, W): (x / 255 - mean) / std."""
     x = torch.as_tensor(images)

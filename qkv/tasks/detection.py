@@ -33,7 +33,7 @@ from .. import models
 from ..config import from_dict
 from ..data import prepared
 from ..data.detection import coco_file, read_split
-from ..data.images import read_meta, to_pixels
+from ..data.images import channel_stats, read_meta, to_pixels
 from ..files import atomic_write_text
 from ..inference.detect import detections, draw_detections
 from .base import EpochShuffle, Option, Task, device_of
@@ -138,10 +138,10 @@ class DetectionTask(Task):
         data = from_dict(DetectionDataConfig, run.data, where="data")
         folder = prepared(data.name, data.dir or None)
         meta = read_meta(folder)
-        pixels = torch.from_numpy(read_split(folder, "train")[0][:2000]).float().div_(255)
+        mean, std = channel_stats(read_split(folder, "train")[0][:2000])
         fixed = {"num_channels": meta["channels"], "num_labels": len(meta["labels"])}
         derived = {"image_size": meta["image_size"][0], "class_names": meta["labels"],
-                   "image_mean": [round(pixels.mean().item(), 4)], "image_std": [round(pixels.std().item(), 4)]}
+                   "image_mean": mean, "image_std": std}
         model = models.from_section(run.model, "object_detector", default="detr-96-small", data=derived, fixed=fixed)
         return model, None
 

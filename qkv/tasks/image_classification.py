@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .. import models
 from ..config import from_dict
 from ..data import prepared
-from ..data.images import load_split, read_meta, to_pixels
+from ..data.images import channel_stats, load_split, read_meta, to_pixels
 from ..errors import ConfigError
 from .base import EpochShuffle, Task, device_of
 
@@ -91,13 +91,10 @@ class ImageClassificationTask(Task):
         data = from_dict(ImageDataConfig, run.data, where="data")
         folder = prepared(data.name, data.dir or None)
         meta = read_meta(folder)
-        pixels = torch.from_numpy(load_split(folder, "train")[0]).float().div_(255)
-        mean = pixels.mean((0, 1, 2)).reshape(-1).tolist()  # per channel (one for grey)
-        std = pixels.std((0, 1, 2)).reshape(-1).tolist()
+        mean, std = channel_stats(load_split(folder, "train")[0])
         fixed = {"image_size": meta["image_size"][0], "num_channels": meta["channels"],
                  "num_labels": len(meta["labels"])}
-        derived = {"class_names": meta["labels"], "image_mean": [round(m, 4) for m in mean],
-                   "image_std": [round(s, 4) for s in std]}
+        derived = {"class_names": meta["labels"], "image_mean": mean, "image_std": std}
         model = models.from_section(run.model, "image_classifier", default="vit", data=derived, fixed=fixed)
         return model, None
 
