@@ -82,13 +82,15 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise ConfigError(message) from e
 
 
-def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, table by table: where both hold a table under one key
-    (a preset's ``backbone`` and a config's ``[model.backbone]``) the two are merged the same
-    way, so that setting one field of it keeps the others; any other value replaces."""
+def merged(base: dict[str, Any], *overs: dict[str, Any]) -> dict[str, Any]:
+    """Each of ``overs`` on top of ``base`` in turn, table by table: where both hold a table
+    under one key (a preset's ``backbone`` and a config's ``[model.backbone]``) the two are
+    merged the same way, so that setting one field of it keeps the others; any other value
+    replaces."""
     out = dict(base)
-    for key, value in over.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    for over in overs:
+        for key, value in over.items():
+            out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

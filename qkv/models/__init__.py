@@ -110,7 +110,7 @@ def from_section(section: dict[str, Any], role: str, *, default: str, data: dict
     if clash:
         raise ConfigError(f"[model] sets {', '.join(f'{k}={v!r}' for k, v in clash.items())}, but the data "
                           f"dictates {', '.join(f'{k}={fixed[k]!r}' for k in clash)}: remove those keys")
-    return build(model_type, **merged(merged(merged(values, data), cfg), fixed))
+    return build(model_type, **merged(values, data, cfg, fixed))
 
 
 __all__ = ["BERT", "BERTConfig", "DETR", "DETRConfig", "DeformableDETR", "DeformableDETRConfig", "GPT", "GPTConfig",
